@@ -1,0 +1,166 @@
+"""Typed configuration: every params.yaml section is a pydantic model; `-S section.key=value`
+overrides use the syntax of `dvc exp run -S`.
+
+Unknown keys and wrong types are `ConfigError`s with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medssl.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """`medssl data synth`: the generated archive."""
+
+    kind: Literal["abdominal-us"] = "abdominal-us"
+    size: Literal["tiny", "small", "paper"] = "small"
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="processes for image writing; 0 = all cores")
+
+
+class ValidateConfig(Section):
+    """`medssl validate`: thresholds of the image-file checks and of the report."""
+
+    min_image_side: int = Field(16, gt=0)
+    max_image_side: int = Field(8192, gt=0)
+    min_file_bytes: int = Field(64, ge=0)
+    workers: int = Field(0, ge=0, description="processes for image checks; 0 = all cores")
+    check_images: bool = True
+    examples: int = Field(5, ge=1, description="offending rows shown per failed expectation")
+
+
+class SplitConfig(Section):
+    """`medssl split`: patient-disjoint splits and nested label-fraction subsets."""
+
+    seed: int = 0
+    # paper 000 §3.1 / Fig. 4: 84,967 / 2,735 / 886 / 1,242 of 89,830 images
+    fractions: dict[Literal["unlabeled", "train", "val", "test"], float] = Field(
+        default_factory=lambda: {"unlabeled": 0.946, "train": 0.030, "val": 0.010, "test": 0.014}
+    )
+    # paper 000 §3.3.2: 10/20/50/100 % of the labeled train split, sampled by exam
+    label_fractions: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.5, 1.0])
+    resplit: bool = Field(False, description="re-split even when the manifest already has splits")
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if any(v < 0 for v in self.fractions.values()):
+            raise ValueError("fractions must be >= 0")
+        total = sum(self.fractions.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1 (they sum to {total:g})")
+        if any(not 0 < f <= 1 for f in self.label_fractions):
+            raise ValueError("label_fractions must be in (0, 1]")
+        return self
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def dump(self) -> dict[str, Any]:
+        """The resolved config as plain data (for logs, MLflow and `medssl config show`)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` → (["section", "key"], value); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    path = [p for p in key.strip().split(".")]
+    if any(not p for p in path):
+        raise ConfigError(f"override {text!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        name = field.alias or name
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _apply(raw: dict[str, Any], path: list[str], value: Any, original: str) -> None:
+    node: Any = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {original!r}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_params(
+    path: Path | str | None = None, overrides: Iterable[str] = (), *, required: bool = False
+) -> Params:
+    """Read params.yaml (or the built-in defaults when it does not exist and is not required),
+    apply `section.key=value` overrides and validate the result."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS
+    raw: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+    elif required:
+        raise ConfigError(f"{path}: params file not found")
+    # Start from the defaults so an override can reach into a default mapping
+    # (e.g. -S split.fractions.train=0.5); a file's value replaces the default key by key.
+    resolved = Params().dump()
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(resolved.get(section), dict):
+            resolved[section].update(values)
+        else:
+            resolved[section] = values
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(resolved, keys, value, text)
+    try:
+        return Params.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section = key.split(".")[0]
+        known = [k for k in _known_keys(Params) if k.startswith(f"{section}.")] or [
+            k.split(".")[0] for k in _known_keys(Params)
+        ]
+        return f"unknown parameter {key!r} (known: {', '.join(dict.fromkeys(known))})"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f", got {got!r}"
+    return f"parameter {key or '(params)'!r}: {err['msg']}{shown}"

@@ -1,0 +1,1 @@
+"""Dataset contract, synthetic archives, datasets and samplers."""
