@@ -1,0 +1,1 @@
+"""Metrics: multi-label (per-class thresholds, weighted P/R/F1), clustering, binary, detection."""
