@@ -1,0 +1,1 @@
+"""Pipeline stages: plain functions called by the CLI, dvc.yaml, KFP components and Ray Tune."""

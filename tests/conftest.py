@@ -1,0 +1,29 @@
+"""Shared fixtures: a `tiny` synthetic archive written once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medssl.config import load_params
+from medssl.stages.synth import synth
+
+# More labeled images than the paper's 5.4 % so tests on `tiny` have usable labeled splits.
+TINY_SPLITS = [
+    "data.size=tiny",
+    "split.fractions={unlabeled: 0.4, train: 0.3, val: 0.1, test: 0.2}",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    return load_params(Path("/nonexistent"), TINY_SPLITS)
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory, tiny_params) -> Path:
+    """A tiny archive (read-only: copy it before planting defects)."""
+    out = tmp_path_factory.mktemp("archive") / "abdominal-us"
+    synth(out, tiny_params.data, tiny_params.split, progress=False)
+    return out
