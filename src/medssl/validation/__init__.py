@@ -1,0 +1,1 @@
+"""Data validation: great-expectations suites over the dataset tables plus image-file checks."""
