@@ -1,0 +1,178 @@
+"""The `medssl` command line: parse, resolve the config, call a stage, print, set the exit code.
+
+Exit codes: 0 success, 1 the data failed validation, 2 a usage/config/data-contract error (printed
+as one line, never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from medssl import __version__
+from medssl.config import DEFAULT_PARAMS, Params, load_params
+from medssl.errors import MedsslError
+
+app = typer.Typer(
+    name="medssl",
+    help="Self- and semi-supervised learning on mostly unlabeled medical-image archives.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Generate and inspect datasets.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-S",
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a params.yaml value (repeatable), as in `dvc exp run -S`.",
+    ),
+]
+ParamsOption = Annotated[
+    Path,
+    typer.Option("--params", help="params.yaml to read; built-in defaults if it does not exist."),
+]
+
+
+def _params(params: Path, overrides: list[str] | None, **flags: object) -> Params:
+    """Resolve params.yaml + -S overrides + explicit flags (flags win)."""
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_params(params, [*(overrides or []), *extra])
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medssl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """medssl: validated, versioned, tracked self-/semi-supervised pipelines."""
+
+
+@config_app.command("show")
+def config_show(set_: SetOption = None, params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Print the resolved configuration (params.yaml + overrides) as JSON."""
+    typer.echo(json.dumps(_params(params, set_).dump(), indent=2))
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    kind: Annotated[str | None, typer.Option(help="Archive kind (default: data.kind).")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(help="tiny (~300 img, 32 px) | small (~5k, 64 px) | paper (89,830, 128 px)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: data.seed).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes; 0 = all cores (default: data.workers).")
+    ] = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Write a synthetic archive in the data contract (images, manifest, reports)."""
+    cfg = _params(
+        params,
+        set_,
+        **{"data.kind": kind, "data.size": size, "data.seed": seed, "data.workers": workers},
+    )
+    from medssl.stages.synth import synth
+
+    start = time.perf_counter()
+    result = synth(out, cfg.data, cfg.split)
+    typer.echo(
+        f"wrote {result.images:,} images from {result.exams:,} exams of {result.patients:,} "
+        f"patients to {out} in {time.perf_counter() - start:.1f}s"
+    )
+    typer.echo("  " + ", ".join(f"{k}: {v:,}" for k, v in result.splits.items()))
+
+
+@app.command("validate")
+def validate_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (contains dataset.yaml).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Report folder (default: DATASET-validation beside it)."),
+    ] = None,
+    images: Annotated[
+        bool | None, typer.Option("--images/--no-images", help="Check image files too.")
+    ] = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Check a dataset against the data contract; exit 1 if any expectation fails."""
+    cfg = _params(params, set_, **{"validate.check_images": images})
+    from medssl.stages.validate import summary, validate
+
+    out = out or dataset.parent / f"{dataset.name}-validation"
+    result = validate(dataset, out, cfg.validate_)
+    typer.echo(summary(result))
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@app.command("split")
+def split_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Validated dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Split dataset folder to write.")],
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Patient-disjoint splits and nested label-fraction subsets (10/20/50/100 %)."""
+    cfg = _params(params, set_)
+    from medssl.stages.split import split
+
+    result = split(dataset, out, cfg.split)
+    made = "made" if result.resplit else "kept"
+    typer.echo(f"{made} splits → {out}")
+    for name, n in result.images.items():
+        typer.echo(
+            f"  {name:<9} {n:>7,} images {result.exams[name]:>6,} exams "
+            f"{result.patients[name]:>6,} patients"
+        )
+    for f, counts in result.label_fractions.items():
+        typer.echo(
+            f"  train subset {float(f):>4.0%}: {counts['images']:,} images, "
+            f"{counts['exams']:,} exams"
+        )
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        rv = app(standalone_mode=False)
+    except MedsslError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

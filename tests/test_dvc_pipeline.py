@@ -1,0 +1,60 @@
+"""The DVC pipeline of the repository, run on the `tiny` archive in a scratch git repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the repo's pipeline (dvc.yaml, params.yaml, code deps) set to `tiny`."""
+    for name in ("dvc.yaml", ".dvcignore"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["size"] = "tiny"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / ".gitignore").write_text("/data/\n/reports/\n")
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], tmp_path)
+    return tmp_path
+
+
+def test_repro_then_nothing_then_experiment(project: Path):
+    out = run(["dvc", "repro"], project)
+    for stage in ("synth", "validate", "split"):
+        assert f"Running stage '{stage}'" in out
+    assert (project / "data/splits/splits.json").is_file()
+    assert (project / "reports/validate/report.json").is_file()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["synth"]["params"]["params.yaml"]["data"]["size"] == "tiny"
+
+    again = run(["dvc", "repro"], project)
+    assert "Running stage" not in again
+
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], project)
+    exp = run(["dvc", "exp", "run", "-S", "data.seed=2"], project)
+    assert "Running stage 'synth'" in exp
+    # the experiment changed the data, so the stages after it re-ran too
+    assert "Running stage 'split'" in exp
