@@ -15,10 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run(cmd: list[str], cwd: Path, ok: bool = True) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    if ok:
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    else:
+        assert proc.returncode != 0, f"{' '.join(cmd)} should have failed:\n{proc.stdout}"
     return proc.stdout + proc.stderr
 
 
@@ -58,3 +61,15 @@ def test_repro_then_nothing_then_experiment(project: Path):
     assert "Running stage 'synth'" in exp
     # the experiment changed the data, so the stages after it re-ran too
     assert "Running stage 'split'" in exp
+
+
+def test_a_failed_validation_stops_the_pipeline(project: Path):
+    # tiny images are 32 px: demanding 64 px makes every image-size check fail
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["validate"]["min_image_side"] = 64
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(["dvc", "repro"], project, ok=False)
+    assert "Running stage 'validate'" in out
+    assert "FAILED" in out and "image" in out
+    assert "Running stage 'split'" not in out
+    assert not (project / "data/splits").exists()
