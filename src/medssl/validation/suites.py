@@ -166,22 +166,17 @@ def build_views(
     else:
         missing["labeled"] = missing["unlabeled"] = "manifest has no column 'split'"
 
-    if {"exam_id", "patient_id"} <= cols:
-        pairs = manifest[["exam_id", "patient_id"]].dropna().drop_duplicates()
-        pairs = pairs.sort_values(["exam_id", "patient_id"], kind="stable").reset_index(drop=True)
-        views["exam_patients"] = View(
-            "exam_patients", pairs, ["patient_id"], "distinct non-null (exam_id, patient_id) pairs"
-        )
-    else:
-        missing["exam_patients"] = "manifest lacks exam_id or patient_id"
-    if {"patient_id", "split"} <= cols:
-        pairs = manifest[["patient_id", "split"]].dropna().drop_duplicates()
-        pairs = pairs.sort_values(["patient_id", "split"], kind="stable").reset_index(drop=True)
-        views["patient_splits"] = View(
-            "patient_splits", pairs, ["split"], "distinct non-null (patient_id, split) pairs"
-        )
-    else:
-        missing["patient_splits"] = "manifest lacks patient_id or split"
+    # one key column must map to one value: exam → patient, patient → split
+    for name, key, value in (
+        ("exam_patients", "exam_id", "patient_id"),
+        ("patient_splits", "patient_id", "split"),
+    ):
+        if {key, value} <= cols:
+            pairs = manifest[[key, value]].dropna().drop_duplicates()
+            pairs = pairs.sort_values([key, value], kind="stable").reset_index(drop=True)
+            views[name] = View(name, pairs, [value], f"distinct non-null ({key}, {value}) pairs")
+        else:
+            missing[name] = f"manifest lacks {key} or {value}"
 
     if reports is not None:
         frame = reports
