@@ -66,12 +66,59 @@ class SplitConfig(Section):
         return self
 
 
+class TrainConfig(Section):
+    """`medssl train`: one training loop for every method (paper 000 §3.2 defaults)."""
+
+    method: str = Field("supervised", description="a name of medssl.methods.METHODS")
+    backbone: Literal["resnet18", "resnet50", "vgg16_bn"] = "resnet18"
+    init: Literal["random", "imagenet", "checkpoint"] = "random"
+    weights: str | None = Field(
+        None,
+        description="imagenet: a .pth file or a torch hub cache dir; checkpoint: a medssl model.pt",
+    )
+    lr: float = Field(1e-4, gt=0)  # paper 000 §3.2: Adam, fixed learning rate 0.0001
+    weight_decay: float = Field(0.0, ge=0)
+    batch_exams: int = Field(4, ge=1, description="t exams per batch (paper 000 §3.2)")
+    max_batch_images: int = Field(64, ge=1, description="cap on images per exam batch")
+    max_epochs: int = Field(30, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="a step budget instead of epochs")
+    patience: int = Field(7, ge=1)  # paper 000 §3.2: early stopping after 7 epochs
+    label_fraction: float = Field(1.0, gt=0, le=1, description="train subset (split stage)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(True, description="bf16 autocast on GPU")
+    channels_last: bool = True
+    workers: int = Field(0, ge=0, description="image-cache decoding processes; 0 = all cores")
+    cache_dir: str = Field(".cache/medssl", description="decoded-image cache (memory-mapped)")
+
+
+class EvaluateConfig(Section):
+    """`medssl evaluate`: per-class thresholds on val, metrics on test (paper 000 §3.2)."""
+
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of exams for the CI")
+    ci: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+
+class RegisterConfig(Section):
+    """`medssl register`: MLflow model registry and the promotion gate."""
+
+    model_name: str | None = Field(None, description="registered model; default: the task name")
+    experiment: str = "medssl"
+    metric: str = Field("f1_weighted", description="test metric the gate compares")
+    margin: float = Field(0.0, ge=0, description="challenger must beat champion by this much")
+
+
 class Params(Section):
     """The whole params.yaml."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
