@@ -1,0 +1,365 @@
+"""Evaluate stage (paper 000 §3.2, Table 2): class-specific thresholds that maximise each class's
+F1 on the validation split, then per-class precision / recall / F1 on the test split and their
+support-weighted average, with an exam-level bootstrap CI of the weighted F1 and the
+label-prevalence baseline for context.
+
+Input: `model_dir/predictions.parquet` only (written by the train stage): one row per val/test
+image with `exam_id`, `split`, `label_<class>` (0/1) and `score_<class>` (probability).
+
+Output folder: metrics.json (flat numbers first, for `dvc metrics show`; then per_class),
+thresholds.csv, pr_curves.csv (for `dvc plots`: x=recall, y=precision), pr_curves.png, report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from medssl.config import EvaluateConfig
+from medssl.errors import DataContractError
+from medssl.metrics.bootstrap import bootstrap_weighted_f1
+from medssl.metrics.multilabel import (
+    best_thresholds,
+    constant_score_thresholds,
+    multilabel_report,
+    weighted_f1,
+)
+
+if TYPE_CHECKING:
+    from medssl.tracking.base import Tracker
+
+PREDICTIONS_FILE = "predictions.parquet"
+METRICS_FILE = "metrics.json"
+THRESHOLDS_FILE = "thresholds.csv"
+PR_CURVES_FILE = "pr_curves.csv"
+PR_PLOT_FILE = "pr_curves.png"
+REPORT_FILE = "report.md"
+
+LABEL_PREFIX = "label_"
+SCORE_PREFIX = "score_"
+ROW_NAMES = {"f1": "F1-score", "precision": "Precision", "recall": "Recall"}
+AVG_NAME = "weighted avg"
+
+
+@dataclass
+class EvaluateResult:
+    """metrics: the content of metrics.json; paths: every file written, by name."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    bootstrap: int = 0
+    ci: float = 0.95
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metrics["per_class"])
+
+
+@dataclass
+class _Split:
+    y: np.ndarray  # [n, C] bool
+    scores: np.ndarray  # [n, C] float
+    exams: np.ndarray  # [n] exam ids
+
+
+def evaluate(
+    model_dir: Path,
+    out_dir: Path,
+    cfg: EvaluateConfig,
+    *,
+    tracker: Tracker | None = None,
+) -> EvaluateResult:
+    """Thresholds on val, metrics on test; write the report folder and return its numbers."""
+    path = Path(model_dir) / PREDICTIONS_FILE
+    classes, splits = read_predictions(path)
+    val, test = splits["val"], splits["test"]
+
+    thresholds = best_thresholds(val.y, val.scores)
+    val_report = multilabel_report(val.y, val.scores >= thresholds, classes)
+    test_pred = test.scores >= thresholds
+    report = multilabel_report(test.y, test_pred, classes)
+    ci = bootstrap_weighted_f1(test.y, test_pred, test.exams, cfg.bootstrap, cfg.ci, cfg.seed)
+    # label-prevalence baseline: a constant score, thresholds tuned on val like the model's
+    baseline_pred = np.broadcast_to(constant_score_thresholds(val.y) < 0, test.y.shape)
+    baseline = weighted_f1(test.y, baseline_pred)
+
+    metrics: dict[str, Any] = {
+        "f1_weighted": report.weighted["f1"],
+        "precision_weighted": report.weighted["precision"],
+        "recall_weighted": report.weighted["recall"],
+        "f1_weighted_ci_low": _finite(ci.low),
+        "f1_weighted_ci_high": _finite(ci.high),
+        "prevalence_f1_weighted": baseline,
+        "n_test_images": len(test.y),
+        "n_test_exams": int(pd.unique(test.exams).size),
+        "n_test_labels": int(test.y.sum()),
+        "n_val_images": len(val.y),
+        "n_val_exams": int(pd.unique(val.exams).size),
+        "per_class": {
+            c: {
+                "precision": float(report.precision[i]),
+                "recall": float(report.recall[i]),
+                "f1": float(report.f1[i]),
+                "support": int(report.support[i]),
+                "threshold": _finite(thresholds[i]),
+            }
+            for i, c in enumerate(classes)
+        },
+    }
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = EvaluateResult(out_dir, metrics, bootstrap=cfg.bootstrap, ci=cfg.ci)
+    paths = result.paths
+    paths["metrics"] = out_dir / METRICS_FILE
+    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+
+    paths["thresholds"] = out_dir / THRESHOLDS_FILE
+    pd.DataFrame(
+        {"class": classes, "threshold": thresholds, "val_f1": val_report.f1.astype(float)}
+    ).to_csv(paths["thresholds"], index=False)
+
+    paths["pr_curves"] = out_dir / PR_CURVES_FILE
+    curves = pr_curves(test.y, test.scores, classes)
+    curves.to_csv(paths["pr_curves"], index=False)
+
+    paths["pr_plot"] = out_dir / PR_PLOT_FILE
+    _plot_pr_curves(curves, result, test.y.mean(axis=0), paths["pr_plot"])
+
+    paths["report"] = out_dir / REPORT_FILE
+    paths["report"].write_text(format_markdown(result))
+
+    if tracker is not None:
+        tracker.log_metrics(tracker_metrics(metrics))
+        tracker.log_artifacts(str(out_dir))
+    return result
+
+
+def read_predictions(path: Path) -> tuple[list[str], dict[str, _Split]]:
+    """Classes (in label-column order) and the val and test rows of a predictions file;
+    a one-line DataContractError for anything the evaluation cannot use."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataContractError(f"{path}: predictions file not found (run `medssl train` first)")
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataContractError(f"{path}: not a readable parquet file ({reason})") from None
+    missing = [c for c in ("split", "exam_id") if c not in table.columns]
+    if missing:
+        raise DataContractError(f"{path}: missing column(s) {', '.join(missing)}")
+    classes = [c.removeprefix(LABEL_PREFIX) for c in table.columns if c.startswith(LABEL_PREFIX)]
+    scored = [c.removeprefix(SCORE_PREFIX) for c in table.columns if c.startswith(SCORE_PREFIX)]
+    if not classes:
+        raise DataContractError(f"{path}: no {LABEL_PREFIX}<class> columns")
+    if set(classes) != set(scored):
+        no_score = [c for c in classes if c not in scored]
+        no_label = [c for c in scored if c not in classes]
+        parts = []
+        if no_score:
+            parts.append(f"label(s) without a score column: {', '.join(no_score)}")
+        if no_label:
+            parts.append(f"score(s) without a label column: {', '.join(no_label)}")
+        raise DataContractError(f"{path}: {'; '.join(parts)}")
+
+    label_cols = [LABEL_PREFIX + c for c in classes]
+    score_cols = [SCORE_PREFIX + c for c in classes]
+    splits: dict[str, _Split] = {}
+    split_col = table["split"].astype("string")
+    for name in ("val", "test"):
+        rows = table[(split_col == name).fillna(False).to_numpy(dtype=bool)]
+        if rows.empty:
+            found = sorted(str(s) for s in split_col.dropna().unique())
+            raise DataContractError(
+                f"{path}: no {name!r} rows (splits present: {', '.join(found) or 'none'})"
+            )
+        labels = rows[label_cols]
+        if labels.isna().any().any():
+            col = labels.columns[labels.isna().any()][0]
+            raise DataContractError(f"{path}: missing labels in {col!r} on {name} rows")
+        try:
+            y = labels.to_numpy(dtype=float)
+            scores = rows[score_cols].to_numpy(dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise DataContractError(f"{path}: non-numeric label or score column ({exc})") from None
+        bad = ~np.isin(y, (0.0, 1.0)).all(axis=0)
+        if bad.any():
+            col = label_cols[int(np.flatnonzero(bad)[0])]
+            raise DataContractError(f"{path}: column {col!r} has values other than 0/1")
+        bad = ~np.isfinite(scores).all(axis=0)
+        if bad.any():
+            col = score_cols[int(np.flatnonzero(bad)[0])]
+            raise DataContractError(f"{path}: column {col!r} has missing or non-finite scores")
+        exams = rows["exam_id"]
+        if exams.isna().any():
+            raise DataContractError(f"{path}: missing exam_id on {name} rows")
+        splits[name] = _Split(y.astype(bool), scores, exams.astype(str).to_numpy())
+    return classes, splits
+
+
+def pr_curves(y: np.ndarray, scores: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Precision-recall curve points per class on the given (test) rows, recall ascending.
+    The end point (recall 0, precision 1) has no threshold (NaN). Classes without a positive
+    have no curve."""
+    from sklearn.metrics import precision_recall_curve
+
+    frames = []
+    for i, c in enumerate(classes):
+        if not y[:, i].any():
+            continue
+        precision, recall, thr = precision_recall_curve(y[:, i], scores[:, i])
+        frame = pd.DataFrame(
+            {
+                "class": c,
+                "recall": recall,
+                "precision": precision,
+                "threshold": np.r_[thr, np.nan],
+            }
+        )
+        frames.append(frame.iloc[::-1])
+    if not frames:
+        return pd.DataFrame(columns=["class", "recall", "precision", "threshold"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def tracker_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Test metrics for the tracker, `test_`-prefixed: weighted, CI, baseline, per class."""
+    out = {
+        "test_" + k.replace("n_test_", "n_"): float(v)
+        for k, v in metrics.items()
+        if k != "per_class" and not k.startswith("n_val") and v is not None
+    }
+    for c, m in metrics["per_class"].items():
+        for k in ("f1", "precision", "recall"):
+            out[f"test_{k}_{c}"] = float(m[k])
+    return out
+
+
+# ---------------------------------------------------------------------------------- formatting
+
+
+def _rows(result: EvaluateResult) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Header and rows (name, cells) of the paper's Table 2 layout."""
+    m, per = result.metrics, result.metrics["per_class"]
+    header = [*per, AVG_NAME]
+    rows = [
+        (label, [f"{per[c][key]:.2f}" for c in per] + [f"{m[f'{key}_weighted']:.2f}"])
+        for key, label in ROW_NAMES.items()
+    ]
+    rows.append(("nlabels", [str(per[c]["support"]) for c in per] + [str(m["n_test_labels"])]))
+    return header, rows
+
+
+def _summary_lines(result: EvaluateResult) -> list[str]:
+    m = result.metrics
+    if m["f1_weighted_ci_low"] is None:
+        ci = "no bootstrap CI (evaluate.bootstrap = 0)"
+    else:
+        ci = (
+            f"{result.ci:.0%} CI {m['f1_weighted_ci_low']:.3f}–{m['f1_weighted_ci_high']:.3f} "
+            f"({result.bootstrap} exam resamples)"
+        )
+    return [
+        f"weighted F1 {m['f1_weighted']:.3f}, {ci}",
+        f"label-prevalence baseline: weighted F1 {m['prevalence_f1_weighted']:.3f}",
+        f"test: {m['n_test_images']:,} images, {m['n_test_exams']:,} exams, "
+        f"{m['n_test_labels']:,} labels; thresholds from val: {m['n_val_images']:,} images, "
+        f"{m['n_val_exams']:,} exams",
+    ]
+
+
+def format_table(result: EvaluateResult) -> str:
+    """The per-class table in the layout of paper 000 Table 2, then the CI and baseline."""
+    header, rows = _rows(result)
+    first = max(len(name) for name, _ in rows)
+    widths = [max(len(h), 5) for h in header]
+    lines = [" " * first + "".join(f"  {h:>{w}}" for h, w in zip(header, widths, strict=True))]
+    for name, cells in rows:
+        lines.append(
+            f"{name:<{first}}" + "".join(f"  {v:>{w}}" for v, w in zip(cells, widths, strict=True))
+        )
+    return "\n".join([*lines, "", *_summary_lines(result)])
+
+
+def format_markdown(result: EvaluateResult) -> str:
+    """report.md: the Table 2 layout, thresholds, CI, baseline and counts."""
+    header, rows = _rows(result)
+    per = result.metrics["per_class"]
+    md = [
+        "# Evaluation",
+        "",
+        "Class-specific thresholds maximise each class's F1 on the validation split; precision, "
+        "recall and F1 are measured on the test split (paper 000 §3.2, Table 2 layout).",
+        "",
+        "| | " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(header),
+    ]
+    md += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    thr = ["never" if per[c]["threshold"] is None else f"{per[c]['threshold']:.3g}" for c in per]
+    md += [
+        "",
+        "| threshold (val) | " + " | ".join(per) + " |",
+        "|---|" + "---:|" * len(per),
+        "| | " + " | ".join(thr) + " |",
+        "",
+        *(f"- {line}" for line in _summary_lines(result)),
+        "",
+        f"![precision-recall curves on test]({PR_PLOT_FILE})",
+        "",
+    ]
+    return "\n".join(md)
+
+
+def _plot_pr_curves(
+    curves: pd.DataFrame, result: EvaluateResult, prevalence: np.ndarray, path: Path
+) -> None:
+    """One panel per class: the test PR curve, the chosen threshold's operating point, and the
+    class prevalence (a constant score's precision)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = result.metrics["per_class"]
+    n = len(per)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for i, (c, m) in enumerate(per.items()):
+        ax = axes.ravel()[i]
+        part = curves[curves["class"] == c]
+        if len(part):
+            ax.plot(part["recall"], part["precision"], color="#4c72b0", lw=1.5, drawstyle="steps")
+        ax.axhline(prevalence[i], color="grey", ls=":", lw=1, label="prevalence")
+        ax.plot(m["recall"], m["precision"], "o", color="#c44e52", ms=6, label="val-F1 threshold")
+        thr = "never" if m["threshold"] is None else f"{m['threshold']:.2f}"
+        ax.set_title(f"{c}  F1 {m['f1']:.2f}  t={thr}  n={m['support']}", fontsize=8)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    m = result.metrics
+    fig.suptitle(f"test precision-recall; weighted F1 {m['f1_weighted']:.3f}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _finite(x: float) -> float | None:
+    """A JSON-safe number: None for ±inf / NaN (a class never predicted, no CI)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
