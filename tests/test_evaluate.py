@@ -263,6 +263,10 @@ def test_files_are_written(tmp_path):
     y, s, _ = arrays(table, "test")
     for i, c in enumerate(CLASSES):
         part = curves[curves["class"] == c]
+        per_class_file = pd.read_csv(out / "pr" / f"{c}.csv")  # what `dvc plots` reads
+        pd.testing.assert_frame_equal(
+            per_class_file, part.drop(columns="class").reset_index(drop=True)
+        )
         assert part["recall"].is_monotonic_increasing
         precision, recall, thr = precision_recall_curve(y[:, i], s[:, i])
         np.testing.assert_allclose(part["recall"], recall[::-1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ METRICS_FILE = "metrics.json"
 THRESHOLDS_FILE = "thresholds.csv"
 PR_CURVES_FILE = "pr_curves.csv"
 PR_PLOT_FILE = "pr_curves.png"
+PR_DIR = "pr"
 REPORT_FILE = "report.md"
 
 LABEL_PREFIX = "label_"
@@ -129,6 +131,12 @@ def evaluate(
     paths["pr_curves"] = out_dir / PR_CURVES_FILE
     curves = pr_curves(test.y, test.scores, classes)
     curves.to_csv(paths["pr_curves"], index=False)
+    # one file per class, so `dvc plots show` draws one precision-recall curve per class
+    paths["pr_dir"] = out_dir / PR_DIR
+    shutil.rmtree(paths["pr_dir"], ignore_errors=True)
+    paths["pr_dir"].mkdir()
+    for name, rows in curves.groupby("class", sort=False):
+        rows.drop(columns="class").to_csv(paths["pr_dir"] / f"{name}.csv", index=False)
 
     paths["pr_plot"] = out_dir / PR_PLOT_FILE
     _plot_pr_curves(curves, result, test.y.mean(axis=0), paths["pr_plot"])
