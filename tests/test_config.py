@@ -75,3 +75,9 @@ def test_bad_file(tmp_path):
     f.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_params(f)
+
+
+def test_yaml_1_1_words_stay_strings(tmp_path):
+    p = load_params(tmp_path / "none.yaml", ["register.experiment=off", "train.amp=false"])
+    assert p.register_.experiment == "off"
+    assert p.train.amp is False

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from medssl.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+YAML11_WORDS = frozenset({"on", "off", "yes", "no", "y", "n"})
 
 
 class Section(BaseModel):
@@ -135,6 +136,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if any(not p for p in path):
         raise ConfigError(f"override {text!r}: empty key part")
+    if raw.strip().lower() in YAML11_WORDS:
+        return path, raw.strip()  # YAML 1.2 (as DVC reads it): on/off/yes/no are strings
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
