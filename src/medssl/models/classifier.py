@@ -1,0 +1,137 @@
+"""The classifier every method exports: Normalize → backbone → linear head (paper 000 §2.2.4:
+feature extractor f_θ and multi-label head g_Φ), and the model.pt file format.
+
+The module takes float32 pixels [B, C, H, W] in [0, 1] and returns logits [B, num_classes].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from medssl import __version__
+from medssl.errors import ConfigError
+from medssl.fileio import atomic_torch_save
+from medssl.models.backbones import (
+    adapt_state_dict,
+    build_backbone,
+    find_imagenet_weights,
+    load_backbone_state,
+    normalization,
+    read_state_dict,
+)
+
+MODEL_FORMAT = "medssl-model"
+MODEL_VERSION = 1
+Init = Literal["random", "imagenet", "checkpoint"]
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; the statistics are buffers saved with the model."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Normalize → backbone → `head`. Methods that need more heads on the same backbone (a
+    clustering head, a projection head) put them in `extra_heads` and call `features()`."""
+
+    def __init__(self, backbone: str, num_classes: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.in_channels = in_channels
+        self.normalize = Normalize(*normalization(in_channels))
+        self.backbone, self.feature_dim = build_backbone(backbone, in_channels)
+        self.head = nn.Linear(self.feature_dim, num_classes)
+        self.extra_heads = nn.ModuleDict()
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    in_channels: int = 1,
+    *,
+    init: Init = "random",
+    weights: str | Path | None = None,
+) -> Classifier:
+    """A classifier whose backbone is random, ImageNet (a local file: see
+    `find_imagenet_weights`) or the backbone of a medssl model.pt (`init="checkpoint"`, paper 000
+    §2.2.4: keep f_θ, replace the head). Seed torch before calling for a reproducible init."""
+    model = Classifier(backbone, num_classes, in_channels)
+    if init == "imagenet":
+        path = find_imagenet_weights(backbone, weights)
+        state = adapt_state_dict(read_state_dict(path), backbone, in_channels)
+        load_backbone_state(model.backbone, state, str(path))
+    elif init == "checkpoint":
+        if weights is None:
+            raise ConfigError("train.init=checkpoint needs train.weights = a medssl model.pt")
+        path = Path(weights)
+        state, meta = _read_model_file(path)
+        if meta.get("backbone") != backbone:
+            raise ConfigError(
+                f"{path}: a {meta.get('backbone')} model, but train.backbone is {backbone}"
+            )
+        prefix = "backbone."
+        backbone_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        load_backbone_state(model.backbone, backbone_state, str(path))
+    elif init != "random":
+        raise ConfigError(f"unknown init {init!r} (known: random, imagenet, checkpoint)")
+    return model
+
+
+def save_model(path: Path | str, model: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Write model.pt atomically: the state dict (CPU, contiguous) + meta (plain data).
+
+    meta must hold at least: method, backbone, classes, in_channels, image_size, task."""
+    if not isinstance(model, Classifier):
+        raise TypeError(f"save_model expects a medssl Classifier, got {type(model).__name__}")
+    missing = {"method", "backbone", "classes", "in_channels", "image_size", "task"} - set(meta)
+    if missing:
+        raise ValueError(f"model meta is missing {', '.join(sorted(missing))}")
+    meta = {**meta, "num_classes": model.num_classes, "medssl_version": __version__}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.startswith("extra_heads.")}
+    atomic_torch_save(
+        {"format": MODEL_FORMAT, "version": MODEL_VERSION, "meta": meta, "state_dict": state},
+        Path(path),
+    )
+
+
+def load_model(path: Path | str) -> tuple[Classifier, dict[str, Any]]:
+    """(model in eval mode on CPU, meta) from a model.pt written by `save_model`."""
+    state, meta = _read_model_file(Path(path))
+    model = Classifier(meta["backbone"], int(meta["num_classes"]), int(meta["in_channels"]))
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def _read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: model file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable medssl model file ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
+        raise ConfigError(f"{path}: not a medssl model file (no {MODEL_FORMAT!r} header)")
+    return obj["state_dict"], obj["meta"]
