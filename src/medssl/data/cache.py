@@ -1,0 +1,168 @@
+"""Decoded-image cache: every image of a dataset decoded ONCE into a memory-mapped uint8 array
+[N, H, W] (grey) or [N, H, W, 3] (RGB), one row per manifest row, in manifest order.
+
+The file is `<cache_dir>/<dataset name>-<key>.npy`; the key hashes the manifest bytes, dataset.yaml
+and the image folder, so a changed dataset gets a new cache (old ones can be deleted at will).
+Images are resized to `info.image_size` when needed; 16-bit images are scaled to 8 bits. Decoding
+runs in a pool of processes that write straight into the memory map; the file is built under a
+temporary name and renamed at the end, so a killed run never leaves a half cache behind. Image
+files edited in place under an unchanged manifest are not detected (re-run with a fresh cache_dir).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from medssl.data.contract import Dataset
+
+CACHE_VERSION = b"medssl-image-cache-v1"
+
+
+@dataclass
+class ImageCache:
+    """An opened cache. `images` is a read-only memory map; `built` tells whether this open
+    decoded the images (False: an existing cache was reused)."""
+
+    path: Path
+    images: np.ndarray
+    built: bool
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def take(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The images of `rows` (manifest positions) as one contiguous uint8 array."""
+        return np.ascontiguousarray(self.images[np.asarray(rows, dtype=np.int64)])
+
+
+def dataset_key(dataset: Dataset) -> str:
+    """Hash of what the decoded pixels depend on: manifest bytes, dataset.yaml, image folder."""
+    from medssl.data.contract import INFO_FILE, MANIFEST_FILE
+
+    digest = hashlib.sha256(CACHE_VERSION)
+    for name in (MANIFEST_FILE, INFO_FILE):
+        digest.update((dataset.root / name).read_bytes())
+    digest.update(str(dataset.image_dir.resolve()).encode())
+    return digest.hexdigest()[:20]
+
+
+def open_cache(
+    dataset: Dataset,
+    cache_dir: Path | str,
+    *,
+    workers: int = 0,
+    progress: bool | None = None,
+    chunk_size: int = 1024,
+    parallel_from: int = 20_000,
+) -> ImageCache:
+    """Open the dataset's cache, decoding every image first if it does not exist yet.
+
+    `workers` 0 = all cores; fewer than `parallel_from` images are decoded in this process.
+    `progress` None shows a bar only on a terminal."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{dataset.info.name}-{dataset_key(dataset)}.npy"
+    built = False
+    if not path.is_file():
+        _build(dataset, path, workers, progress, chunk_size, parallel_from)
+        built = True
+    images = np.load(path, mmap_mode="r")
+    return ImageCache(path=path, images=images, built=built)
+
+
+def _build(
+    dataset: Dataset,
+    path: Path,
+    workers: int,
+    progress: bool | None,
+    chunk_size: int,
+    parallel_from: int,
+) -> None:
+    info = dataset.info
+    shape: tuple[int, ...] = (len(dataset.manifest), info.image_size, info.image_size)
+    if info.channels == 3:
+        shape = (*shape, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    files = [str(dataset.image_path(p)) for p in dataset.manifest["image"]]
+    spec = (info.image_size, info.channels, info.bit_depth)
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        del array  # workers (and this process) reopen it in r+ mode
+        chunks = [(s, files[s : s + chunk_size]) for s in range(0, len(files), chunk_size)]
+        n_workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(chunks))
+        bar = tqdm(
+            total=len(files),
+            unit="img",
+            desc="decoding images",
+            disable=None if progress is None else not progress,
+            leave=False,
+        )
+        with bar:
+            if len(files) < parallel_from or n_workers <= 1:
+                for start, chunk in chunks:
+                    bar.update(_decode_chunk(str(tmp), start, chunk, spec))
+            else:
+                ctx = get_context("spawn")  # never fork a parent that holds threads
+                with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+                    futures = [pool.submit(_decode_chunk, str(tmp), s, c, spec) for s, c in chunks]
+                    for fut in as_completed(futures):
+                        bar.update(fut.result())
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    index = {"dataset": str(dataset.root), "images": len(files), "shape": list(shape)}
+    path.with_suffix(".json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _decode_chunk(
+    array_path: str, start: int, files: Iterable[str], spec: tuple[int, int, int]
+) -> int:
+    array = np.load(array_path, mmap_mode="r+")
+    n = 0
+    for i, file in enumerate(files):
+        array[start + i] = decode_image(Path(file), *spec)
+        n += 1
+    array.flush()
+    del array
+    return n
+
+
+def decode_image(path: Path, size: int, channels: int, bit_depth: int = 8) -> np.ndarray:
+    """One image as uint8 [size, size] (channels 1) or [size, size, 3] (channels 3)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grey: scale the full 16-bit range to 8 bits
+            wide = np.asarray(im).astype(np.float32)
+            scale = 255.0 / 65535.0 if bit_depth == 16 or wide.max() > 255 else 1.0
+            im8 = Image.fromarray(np.clip(wide * scale + 0.5, 0, 255).astype(np.uint8), "L")
+        else:
+            im8 = im
+        im8 = im8.convert("L" if channels == 1 else "RGB")
+        if im8.size != (size, size):
+            im8 = im8.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im8, dtype=np.uint8)

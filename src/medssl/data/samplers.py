@@ -1,0 +1,142 @@
+"""Batch samplers. A sampler yields arrays of manifest row positions; its state is an
+(epoch, position) pair, and the batches of an epoch depend only on (seed, epoch), so a run resumed
+from that pair sees exactly the batches an uninterrupted run would have seen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class BatchSampler(Protocol):
+    """What the engine needs from a sampler (every stream of a method is one)."""
+
+    epoch: int
+    position: int
+
+    def __len__(self) -> int: ...  # batches per epoch
+
+    def next_batch(self) -> np.ndarray: ...
+
+    def state_dict(self) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+class EpochSampler:
+    """Base: seeded per-epoch batch lists and the (epoch, position) state.
+
+    `next_batch()` returns the next batch and advances; past the end of an epoch it rolls over to
+    the next one, so a secondary stream (e.g. FixMatch's unlabeled data) simply cycles."""
+
+    def __init__(self, seed: int, stream: int = 0) -> None:
+        self.seed = seed
+        self.stream = stream  # distinguishes several samplers sharing a seed
+        self.epoch = 0
+        self.position = 0
+        self._cached: tuple[int, list[np.ndarray]] | None = None
+
+    def make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        if self._cached is None or self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, self.stream, epoch])
+            self._cached = (epoch, self.make_batches(rng))
+        return self._cached[1]
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+    @property
+    def epoch_done(self) -> bool:
+        return self.position >= len(self)
+
+    def next_batch(self) -> np.ndarray:
+        if self.epoch_done:
+            self.start_next_epoch()
+        batch = self.batches(self.epoch)[self.position]
+        self.position += 1
+        return batch
+
+    def start_next_epoch(self) -> None:
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class ExamBatchSampler(EpochSampler):
+    """Paper 000 §3.2: "at each iteration we randomly sample a subset t of exams, instead of
+    sampling a set of images". Each epoch visits every exam once in a seeded random order; a batch
+    is t = `batch_exams` exams with all their images, randomly capped at `max_batch_images`."""
+
+    def __init__(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        exam_ids: Sequence[str] | np.ndarray,
+        batch_exams: int,
+        max_batch_images: int,
+        seed: int = 0,
+        stream: int = 0,
+    ) -> None:
+        super().__init__(seed, stream)
+        rows = np.asarray(rows, dtype=np.int64)
+        exam_ids = np.asarray(exam_ids, dtype=object)
+        if len(rows) != len(exam_ids):
+            raise ValueError("rows and exam_ids must have the same length")
+        if len(rows) == 0:
+            raise ValueError("no rows to sample")
+        if batch_exams < 1 or max_batch_images < 1:
+            raise ValueError("batch_exams and max_batch_images must be >= 1")
+        _, inverse = np.unique(exam_ids, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0, True])
+        # rows of each exam, exams in sorted-id order (deterministic whatever the input order)
+        self.exams: list[np.ndarray] = [rows[order[a:b]] for a, b in pairwise(bounds)]
+        self.batch_exams = batch_exams
+        self.max_batch_images = max_batch_images
+        self.images = len(rows)
+
+    def make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        perm = rng.permutation(len(self.exams))
+        out = []
+        for start in range(0, len(perm), self.batch_exams):
+            batch = np.concatenate([self.exams[i] for i in perm[start : start + self.batch_exams]])
+            if len(batch) > self.max_batch_images:
+                batch = rng.choice(batch, self.max_batch_images, replace=False)
+            out.append(batch)
+        return out
+
+
+class RandomBatchSampler(EpochSampler):
+    """Plain image-level shuffling in batches of `batch_size` (for methods that do not sample by
+    exam, and for tests)."""
+
+    def __init__(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        stream: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(seed, stream)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) == 0:
+            raise ValueError("no rows to sample")
+        self.batch_size = batch_size
+        self.drop_last = drop_last and len(self.rows) >= batch_size
+
+    def make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        perm = self.rows[rng.permutation(len(self.rows))]
+        stop = len(perm) - len(perm) % self.batch_size if self.drop_last else len(perm)
+        return [perm[s : s + self.batch_size] for s in range(0, stop, self.batch_size)]
