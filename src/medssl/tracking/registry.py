@@ -1,0 +1,708 @@
+"""Model registry: log + register a model as `challenger`, the promotion gate to `champion`,
+manual promotion, listing and comparing versions.
+
+Every number a decision rests on lives in the version's tags, so a decision can be audited from
+the registry alone:
+
+    medssl.metric.<name>                 flat test metrics (metrics.json), medssl.metrics (JSON)
+    medssl.run_id / medssl.git.commit / medssl.data.hash / medssl.version
+    medssl.gate.decision                 promoted | refused | unchanged | manual
+    medssl.gate.reason / .metric / .margin / .time / .same_data
+    medssl.gate.challenger_<metric>      this version's number
+    medssl.gate.champion_<metric>        the champion's number then ("none": there was no champion)
+    medssl.gate.champion_version
+    medssl.champion.since                when the version became champion
+    medssl.champion.lost_at / .lost_to / .lost_reason   when and why it lost the alias
+    medssl.champion.history              JSON list of won/lost events (newest last)
+
+Aliases are read with `get_model_version_by_alias`: `search_model_versions` returns empty
+`aliases` (upstream bug, mlflow/mlflow#16734).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import getpass
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from medssl import __version__
+from medssl.errors import ConfigError, MedsslError
+from medssl.tracking.base import Tracker
+from medssl.tracking.runs import (
+    TAG_COMMIT,
+    TAG_DATA_HASH,
+    TAG_DATA_HASH_SOURCE,
+    client,
+    git_commit,
+    tracking_uri,
+)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_METRIC = "f1_weighted"
+KEY_METRICS = ("f1_weighted", "precision_weighted", "recall_weighted")
+
+METRIC_TAG = "medssl.metric."
+METRICS_JSON_TAG = "medssl.metrics"
+RUN_TAG = "medssl.run_id"
+GATE = "medssl.gate."
+CHAMPION_SINCE = "medssl.champion.since"
+LOST = "medssl.champion.lost_"
+HISTORY = "medssl.champion.history"
+_TAG_LIMIT = 5000  # registry tag values (MLflow 3 allows more; older servers 5000)
+_REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "cloudpickle")
+
+
+# ---------------------------------------------------------------------------------------------
+# decisions
+
+
+@dataclass
+class Decision:
+    """The outcome of the gate (or of a manual promotion) for one version."""
+
+    name: str
+    version: str
+    decision: str  # promoted | refused | unchanged | manual
+    promoted: bool  # whether the version is champion after the decision
+    metric: str
+    margin: float | None
+    challenger: float | None
+    champion: float | None
+    champion_version: str | None
+    reason: str
+    time: str
+
+    def describe(self) -> str:
+        """One line for the terminal."""
+        head = f"{self.name} v{self.version}"
+        if self.decision == "manual":
+            return f"{head}: promoted to {CHAMPION} by hand ({self.reason})"
+        if self.decision == "unchanged":
+            return f"{head}: already {CHAMPION}"
+        verdict = f"promoted to {CHAMPION}" if self.promoted else f"stays {CHALLENGER}"
+        return f"{head}: {verdict} — {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# logging and registering
+
+
+def log_and_register(
+    model: torch.nn.Module,
+    meta: Mapping[str, Any],
+    input_example: np.ndarray,
+    metrics: Mapping[str, Any],
+    name: str,
+    tracker: Tracker | None = None,
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Log `model` with mlflow.pytorch (pickle format, so the loaded model is a plain nn.Module
+    that can be fine-tuned; signature inferred from the example and the model's output), register
+    it under `name`, give the new version alias `challenger` and tag it with the metrics, git
+    commit, data hash and run id. Returns the version number.
+
+    The model is linked to `tracker`'s run when it has one (an MLflow stage run)."""
+    mc = client()
+    example = np.ascontiguousarray(input_example, dtype=np.float32)
+    logged = _cpu_eval_copy(model)
+    with torch.no_grad():
+        output = logged(torch.from_numpy(example)).detach().cpu().numpy()
+    signature = infer_signature(example, output)
+    run_id = tracker.run_id if tracker is not None else None
+
+    with _quiet("mlflow.pytorch", "mlflow.utils.environment"):
+        info = _log_model(logged, signature, example, meta, run_id)
+
+    version_tags = _version_tags(meta, metrics, run_id, tracker, tags)
+    _ensure_registered_model(mc, name, meta)
+    # client.create_model_version = mlflow.register_model without its stderr chatter; the
+    # model_id links the version to the LoggedModel (MLflow 3), run_id to the stage run.
+    mv = mc.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id
+    )
+    mc.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return str(mv.version)
+
+
+def _log_model(
+    model: torch.nn.Module,
+    signature: Any,
+    example: np.ndarray,
+    meta: Mapping[str, Any],
+    run_id: str | None,
+) -> Any:
+    return mlflow.pytorch.log_model(
+        model,
+        name="model",
+        serialization_format="pickle",
+        signature=signature,
+        input_example=example,
+        # Explicit requirements: inferring them starts a subprocess that imports the model (~8 s).
+        pip_requirements=_requirements(),
+        metadata={"medssl": _plain(dict(meta)), "medssl_version": __version__},
+        run_id=run_id,
+    )
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Silence the warnings about choices made on purpose here: the pickle format (a model that
+    can be fine-tuned after loading) and pip's version (pip is not in a uv environment)."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def _cpu_eval_copy(model: torch.nn.Module) -> torch.nn.Module:
+    params = list(model.parameters()) + list(model.buffers())
+    on_cpu = all(p.device.type == "cpu" for p in params)
+    logged = model if on_cpu else copy.deepcopy(model).cpu()
+    return logged.eval()
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for package in _REQUIREMENTS:
+        try:
+            version = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{package}=={version.split('+')[0]}")  # drop local builds (+cpu, +cu132)
+    return reqs
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
+
+
+def _version_tags(
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    run_id: str | None,
+    tracker: Tracker | None,
+    extra: Mapping[str, str] | None,
+) -> dict[str, str]:
+    tags: dict[str, str] = {"medssl.version": __version__}
+    for key, value in meta.items():
+        if isinstance(value, str | int | float | bool) and len(str(value)) <= 250:
+            tags[f"medssl.model.{key}"] = str(value)
+    if meta.get("classes"):
+        tags["medssl.model.classes"] = json.dumps(list(meta["classes"]))[:_TAG_LIMIT]
+    for key, value in _flat_metrics(metrics).items():
+        tags[f"{METRIC_TAG}{key}"] = repr(value)
+    blob = json.dumps(_plain(dict(metrics)), separators=(",", ":"))
+    if len(blob) > _TAG_LIMIT:  # keep the flat numbers, drop the per-class block
+        blob = json.dumps(_flat_metrics(metrics), separators=(",", ":"))
+    if len(blob) <= _TAG_LIMIT:
+        tags[METRICS_JSON_TAG] = blob
+    if run_id:
+        tags[RUN_TAG] = run_id
+    # what the stage run recorded (commit, data hash), then the caller's own tags
+    run_tags = getattr(tracker, "tags", None) or {}
+    for key in (TAG_COMMIT, TAG_DATA_HASH, TAG_DATA_HASH_SOURCE):
+        if run_tags.get(key):
+            tags[key] = str(run_tags[key])
+    if TAG_COMMIT not in tags:
+        commit = git_commit()
+        if commit:
+            tags[TAG_COMMIT] = commit
+    tags.update({k: str(v) for k, v in (extra or {}).items() if v is not None})
+    return tags
+
+
+def _ensure_registered_model(mc: MlflowClient, name: str, meta: Mapping[str, Any]) -> None:
+    try:
+        mc.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    classes = ", ".join(map(str, meta.get("classes") or []))
+    description = (
+        f"medssl {meta.get('task', '')} classifier ({classes}). Aliases: `{CHAMPION}` is moved "
+        f"only by the promotion gate or a logged manual promotion; `{CHALLENGER}` is the newest "
+        "version that has not been promoted."
+    )
+    try:
+        mc.create_registered_model(name, description=description)
+    except MlflowException as exc:  # registered by a concurrent process in between
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# reading versions and aliases
+
+
+def by_alias(mc: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, or None when no version holds it."""
+    try:
+        return mc.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        # sqlite and the REST server answer INVALID_PARAMETER_VALUE "alias … not found"
+        if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            _registered_model(mc, name)  # a missing model is a user error, not "no alias"
+            return None
+        raise
+
+
+def _registered_model(mc: MlflowClient, name: str) -> Any:
+    try:
+        return mc.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise MedsslError(f"no registered model {name!r} in {tracking_uri()}") from None
+        raise
+
+
+def resolve_version(mc: MlflowClient, name: str, ref: str | int) -> ModelVersion:
+    """A version by number ("3") or alias ("champion", "challenger", "@champion")."""
+    text = str(ref).strip().lstrip("@").lstrip("v") if str(ref).strip() else ""
+    if text.isdigit():
+        try:
+            return mc.get_model_version(name, text)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                _registered_model(mc, name)
+                raise MedsslError(f"{name}: no version {text}") from None
+            raise
+    mv = by_alias(mc, name, str(ref).strip().lstrip("@"))
+    if mv is None:
+        raise MedsslError(f"{name}: no version has alias {ref!r}")
+    return mv
+
+
+def _metric(mv: ModelVersion, metric: str) -> float | None:
+    raw = (mv.tags or {}).get(f"{METRIC_TAG}{metric}")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the gate and manual promotion
+
+
+def gate(
+    name: str, version: str | int, metric: str = DEFAULT_METRIC, margin: float = 0.0
+) -> Decision:
+    """Promote `version` to champion iff there is no champion yet, or its `metric` beats the
+    champion's by more than `margin` (challenger > champion + margin). The decision and both
+    numbers go to the version's tags; on promotion the previous champion is tagged with when and
+    why it lost the alias."""
+    mc = client()
+    mv = resolve_version(mc, name, version)
+    value = _metric(mv, metric)
+    if value is None:
+        raise ConfigError(
+            f"{name} v{mv.version} has no test metric {metric!r} (register.metric); "
+            f"tags: {', '.join(k[len(METRIC_TAG) :] for k in mv.tags if k.startswith(METRIC_TAG))}"
+        )
+    champ = by_alias(mc, name, CHAMPION)
+    now = _now()
+    if champ is not None and str(champ.version) == str(mv.version):
+        return Decision(
+            name, str(mv.version), "unchanged", True, metric, margin, value, value,
+            str(champ.version), f"v{mv.version} already holds {CHAMPION}", now,
+        )  # fmt: skip
+    champ_value = _metric(champ, metric) if champ is not None else None
+    same_data = _same_data(mv, champ)
+    if champ is None:
+        promoted, reason = True, f"no {CHAMPION} yet ({metric} {value:.4f})"
+    elif champ_value is None:
+        promoted = False
+        reason = (
+            f"{CHAMPION} v{champ.version} has no {metric} to compare with; "
+            "promote by hand (medssl models promote) if intended"
+        )
+    else:
+        promoted = value > champ_value + margin
+        sign = ">" if promoted else "<="
+        reason = (
+            f"{metric} {value:.4f} {sign} {CHAMPION} v{champ.version} {champ_value:.4f} "
+            f"+ margin {margin:g}"
+        )
+        if same_data is False:
+            reason += " (different data hash: numbers may not be comparable)"
+    decision = Decision(
+        name=name,
+        version=str(mv.version),
+        decision="promoted" if promoted else "refused",
+        promoted=promoted,
+        metric=metric,
+        margin=float(margin),
+        challenger=value,
+        champion=champ_value,
+        champion_version=str(champ.version) if champ is not None else None,
+        reason=reason,
+        time=now,
+    )
+    if promoted:
+        mc.set_registered_model_alias(name, CHAMPION, mv.version)
+    _write_decision(mc, decision, same_data)
+    if promoted:
+        _after_promotion(mc, decision, champ)
+    return decision
+
+
+def promote(name: str, version: str | int, reason: str, *, metric: str | None = None) -> Decision:
+    """Make `version` champion by hand. Logged as such: medssl.gate.decision=manual, the reason,
+    who, and both numbers on `metric` (default: the metric the gate used for that version)."""
+    if not reason or not reason.strip():
+        raise ConfigError("a manual promotion needs a reason (--reason)")
+    mc = client()
+    mv = resolve_version(mc, name, version)
+    metric = metric or (mv.tags or {}).get(f"{GATE}metric") or DEFAULT_METRIC
+    champ = by_alias(mc, name, CHAMPION)
+    value = _metric(mv, metric)
+    if champ is not None and str(champ.version) == str(mv.version):
+        return Decision(
+            name, str(mv.version), "unchanged", True, metric, None, value, value,
+            str(champ.version), f"v{mv.version} already holds {CHAMPION}", _now(),
+        )  # fmt: skip
+    decision = Decision(
+        name=name,
+        version=str(mv.version),
+        decision="manual",
+        promoted=True,
+        metric=metric,
+        margin=None,
+        challenger=value,
+        champion=_metric(champ, metric) if champ is not None else None,
+        champion_version=str(champ.version) if champ is not None else None,
+        reason=reason.strip(),
+        time=_now(),
+    )
+    mc.set_registered_model_alias(name, CHAMPION, mv.version)
+    _write_decision(mc, decision, _same_data(mv, champ))
+    _after_promotion(mc, decision, champ)
+    return decision
+
+
+def _same_data(mv: ModelVersion, champ: ModelVersion | None) -> bool | None:
+    if champ is None:
+        return None
+    a, b = (mv.tags or {}).get(TAG_DATA_HASH), (champ.tags or {}).get(TAG_DATA_HASH)
+    return None if not a or not b else a == b
+
+
+def _write_decision(mc: MlflowClient, d: Decision, same_data: bool | None) -> None:
+    tags = {
+        f"{GATE}decision": d.decision,
+        f"{GATE}reason": d.reason[:_TAG_LIMIT],
+        f"{GATE}metric": d.metric,
+        f"{GATE}time": d.time,
+        f"{GATE}challenger_{d.metric}": _fmt_raw(d.challenger),
+        f"{GATE}champion_{d.metric}": _fmt_raw(d.champion),
+        f"{GATE}champion_version": d.champion_version or "none",
+        f"{GATE}same_data": "unknown" if same_data is None else str(same_data).lower(),
+    }
+    if d.margin is not None:
+        tags[f"{GATE}margin"] = repr(float(d.margin))
+    if d.decision == "manual":
+        with contextlib.suppress(Exception):  # no user name in some containers
+            tags[f"{GATE}user"] = getpass.getuser()
+    if d.promoted:
+        tags[CHAMPION_SINCE] = d.time
+    for key, value in tags.items():
+        mc.set_model_version_tag(d.name, d.version, key, value)
+
+
+def _fmt_raw(value: float | None) -> str:
+    return "none" if value is None else repr(float(value))
+
+
+def _after_promotion(mc: MlflowClient, d: Decision, previous: ModelVersion | None) -> None:
+    """Tag the previous champion with when and why it lost the alias (its own tags, the record of
+    how it won, stay), append both events to the versions' medssl.champion.history, and take the
+    `challenger` alias off the new champion."""
+    why = "manual promotion" if d.decision == "manual" else "gate"
+    if previous is not None and str(previous.version) != d.version:
+        lost = {"at": d.time, "to": d.version, "reason": f"{why}: {d.reason}"[:_TAG_LIMIT]}
+        for key, value in lost.items():
+            mc.set_model_version_tag(d.name, previous.version, f"{LOST}{key}", value)
+        _append_history(mc, d.name, str(previous.version), {"event": "lost", **lost})
+    # a version that wins the alias back: its last loss is in the history, not current any more
+    current = mc.get_model_version(d.name, d.version).tags or {}
+    for key in ("at", "to", "reason"):
+        if f"{LOST}{key}" in current:
+            mc.delete_model_version_tag(d.name, d.version, f"{LOST}{key}")
+    won = {"event": "won", "at": d.time, "from": d.champion_version, "reason": f"{why}: {d.reason}"}
+    _append_history(mc, d.name, d.version, won)
+    challenger = by_alias(mc, d.name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == d.version:
+        mc.delete_registered_model_alias(d.name, CHALLENGER)
+
+
+def _append_history(mc: MlflowClient, name: str, version: str, event: dict[str, Any]) -> None:
+    tags = mc.get_model_version(name, version).tags or {}
+    try:
+        history = json.loads(tags.get(HISTORY, "[]"))
+    except json.JSONDecodeError:
+        history = []
+    history.append({k: v for k, v in event.items() if v is not None})
+    blob = json.dumps(history, separators=(",", ":"))
+    while len(blob) > _TAG_LIMIT and len(history) > 1:  # keep the newest events
+        history.pop(0)
+        blob = json.dumps(history, separators=(",", ":"))
+    mc.set_model_version_tag(name, version, HISTORY, blob[:_TAG_LIMIT])
+
+
+# ---------------------------------------------------------------------------------------------
+# listing and comparing
+
+
+def _aliases(mc: MlflowClient, name: str) -> dict[str, list[str]]:
+    """version → aliases, for champion and challenger (read one by one, see the module doc)."""
+    out: dict[str, list[str]] = {}
+    for alias in (CHAMPION, CHALLENGER):
+        mv = by_alias(mc, name, alias)
+        if mv is not None:
+            out.setdefault(str(mv.version), []).append(alias)
+    return out
+
+
+def _all_versions(mc: MlflowClient, name: str) -> list[ModelVersion]:
+    _registered_model(mc, name)
+    escaped = name.replace("'", "\\'")
+    versions: list[ModelVersion] = []
+    token = None
+    while True:
+        page = mc.search_model_versions(f"name = '{escaped}'", max_results=1000, page_token=token)
+        versions.extend(page)
+        token = page.token
+        if not token:
+            break
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def list_versions(name: str) -> pd.DataFrame:
+    """One row per version, newest first: version, aliases, created (UTC), run_id, decision,
+    method, backbone, the key metrics, data hash and commit."""
+    mc = client()
+    aliases = _aliases(mc, name)
+    rows = []
+    for mv in _all_versions(mc, name):
+        tags = mv.tags or {}
+        row = {
+            "version": int(mv.version),
+            "aliases": ",".join(aliases.get(str(mv.version), [])),
+            "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
+            "run_id": mv.run_id or tags.get(RUN_TAG) or "",
+            "decision": tags.get(f"{GATE}decision", ""),
+            "method": tags.get("medssl.model.method", ""),
+            "backbone": tags.get("medssl.model.backbone", ""),
+        }
+        for metric in KEY_METRICS:
+            value = _metric(mv, metric)
+            row[metric] = np.nan if value is None else value
+        row["data_hash"] = tags.get(TAG_DATA_HASH, "")
+        row["commit"] = tags.get(TAG_COMMIT, "")
+        rows.append(row)
+    columns = [
+        "version", "aliases", "created", "run_id", "decision", "method", "backbone",
+        *KEY_METRICS, "data_hash", "commit",
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _version_info(mc: MlflowClient, name: str, mv: ModelVersion, aliases: dict) -> dict[str, Any]:
+    tags = mv.tags or {}
+    try:
+        metrics = json.loads(tags.get(METRICS_JSON_TAG) or "{}")
+    except json.JSONDecodeError:
+        metrics = {}
+    flat = {
+        k[len(METRIC_TAG) :]: value
+        for k in tags
+        if k.startswith(METRIC_TAG) and (value := _metric(mv, k[len(METRIC_TAG) :])) is not None
+    }
+    run_id = mv.run_id or tags.get(RUN_TAG)
+    params: dict[str, str] = {}
+    if run_id:
+        try:
+            params = dict(mc.get_run(run_id).data.params)
+        except MlflowException:
+            params = {}
+    return {
+        "version": str(mv.version),
+        "aliases": aliases.get(str(mv.version), []),
+        "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").isoformat(),
+        "run_id": run_id,
+        "commit": tags.get(TAG_COMMIT),
+        "data_hash": tags.get(TAG_DATA_HASH),
+        "decision": tags.get(f"{GATE}decision"),
+        "method": tags.get("medssl.model.method"),
+        "backbone": tags.get("medssl.model.backbone"),
+        "metrics": flat,
+        "per_class": metrics.get("per_class") or {},
+        "params": params,
+    }
+
+
+def compare(name: str, a: str | int, b: str | int) -> dict[str, Any]:
+    """Two versions (numbers or aliases) side by side: flat metrics, metrics per class, config
+    differences (the two runs' params), data hash and commit."""
+    mc = client()
+    aliases = _aliases(mc, name)
+    va, vb = (_version_info(mc, name, resolve_version(mc, name, r), aliases) for r in (a, b))
+    metrics = {
+        k: (va["metrics"].get(k), vb["metrics"].get(k))
+        for k in dict.fromkeys([*va["metrics"], *vb["metrics"]])
+    }
+    per_class: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for cls in dict.fromkeys([*va["per_class"], *vb["per_class"]]):
+        ca, cb = va["per_class"].get(cls) or {}, vb["per_class"].get(cls) or {}
+        per_class[cls] = {m: (ca.get(m), cb.get(m)) for m in dict.fromkeys([*ca, *cb])}
+    pa, pb = va.pop("params"), vb.pop("params")
+    config_diff = {
+        k: (pa.get(k), pb.get(k)) for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)
+    }
+    return {
+        "name": name,
+        "a": va,
+        "b": vb,
+        "metrics": metrics,
+        "per_class": per_class,
+        "config_diff": config_diff,
+        "config_compared": bool(pa and pb),
+        "same_data": va["data_hash"] == vb["data_hash"] if va["data_hash"] else None,
+        "same_commit": va["commit"] == vb["commit"] if va["commit"] else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# terminal output
+
+
+def format_versions(name: str, versions: pd.DataFrame | list) -> str:
+    """`medssl models list`: one line per version."""
+    table = versions if isinstance(versions, pd.DataFrame) else pd.DataFrame(versions)
+    if table.empty:
+        return f"{name}: no versions"
+    lines = [f"{name} ({tracking_uri()})"]
+    header = (
+        f"{'ver':>4}  {'aliases':<20} {'created (UTC)':<16}  {'f1_w':>6} {'prec_w':>6} "
+        f"{'rec_w':>6}  {'gate':<9} {'method':<12} {'data':<8} {'commit':<8} run"
+    )
+    lines.append(header)
+    for row in table.itertuples(index=False):
+        lines.append(
+            f"{row.version:>4}  {row.aliases or '-':<20} "
+            f"{row.created.strftime('%Y-%m-%d %H:%M'):<16}  "
+            f"{_cell(row.f1_weighted)} {_cell(row.precision_weighted)} "
+            f"{_cell(row.recall_weighted)}  {row.decision or '-':<9} {row.method or '-':<12} "
+            f"{(row.data_hash or '-')[:8]:<8} {(row.commit or '-')[:8]:<8} {row.run_id or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: Any, width: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{float(value):>{width}.4f}"
+
+
+def format_compare(result: Mapping[str, Any]) -> str:
+    """`medssl models compare`: metrics, per-class metrics, config differences, data, commit."""
+    a, b = result["a"], result["b"]
+
+    def label(v: Mapping[str, Any]) -> str:
+        return f"v{v['version']}" + (f" ({','.join(v['aliases'])})" if v["aliases"] else "")
+
+    la, lb = label(a), label(b)
+    w = max(len(la), len(lb), 10)
+    lines = [f"{result['name']}: {la} vs {lb}", ""]
+    lines.append(f"{'metric':<28} {la:>{w}} {lb:>{w}} {'diff':>8}")
+    for key, (x, y) in result["metrics"].items():
+        lines.append(f"{key:<28} {_num(x, w)} {_num(y, w)} {_diff(x, y)}")
+    if result["per_class"]:
+        ta, tb = f"v{a['version']}", f"v{b['version']}"
+        head = f"{'class':<16}"
+        for short in ("f1", "prec", "rec"):
+            head += f" {short + ' ' + ta:>10} {short + ' ' + tb:>10} {'diff':>8}"
+        lines += ["", head + f" {'support':>8}"]
+        for cls, values in result["per_class"].items():
+            row = f"{cls:<16}"
+            for key in ("f1", "precision", "recall"):
+                x, y = values.get(key, (None, None))
+                row += f" {_num(x, 10)} {_num(y, 10)} {_diff(x, y)}"
+            support = values.get("support", (None, None))
+            shown = support[1] if support[1] is not None else support[0]
+            row += f" {_num(shown, 8)}"
+            lines.append(row)
+    lines.append("")
+    if not result["config_compared"]:
+        lines.append("config: not compared (a version has no run params)")
+    elif result["config_diff"]:
+        lines.append("config differences:")
+        for key, (x, y) in result["config_diff"].items():
+            lines.append(f"  {key}: {x} → {y}")
+    else:
+        lines.append("config: identical")
+    for what, key in (("data hash", "data_hash"), ("commit", "commit")):
+        same = "same" if a[key] == b[key] else "different"
+        lines.append(f"{what}: {a[key] or '-'} vs {b[key] or '-'} ({same})")
+    lines.append(f"runs: {a['run_id'] or '-'} vs {b['run_id'] or '-'}")
+    return "\n".join(lines)
+
+
+def _num(value: Any, width: int) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and value > 1):
+        return f"{int(value):>{width}d}"
+    return f"{float(value):>{width}.4f}"
+
+
+def _diff(x: Any, y: Any) -> str:
+    if x is None or y is None:
+        return f"{'':>8}"
+    return f"{float(y) - float(x):>+8.4f}"

@@ -1,0 +1,518 @@
+"""MLflow tracking, registry and promotion gate, against a sqlite store in a temp dir and against a
+real `mlflow server` on a loopback port (started when this module starts: it takes ~15 s to come
+up, during which the sqlite tests run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from medssl.config import RegisterConfig, load_params
+from medssl.errors import ConfigError, MedsslError
+from medssl.tracking import NullTracker, Tracker, stage_run
+from medssl.tracking.registry import (
+    CHALLENGER,
+    CHAMPION,
+    compare,
+    format_compare,
+    format_versions,
+    gate,
+    list_versions,
+    log_and_register,
+    promote,
+)
+from medssl.tracking.runs import (
+    PIPELINE_RUN_ENV,
+    MlflowTracker,
+    data_hash,
+    git_commit,
+    tracking_uri,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_START_S = 120
+
+
+# ---------------------------------------------------------------------------------------------
+# stores
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _server_proc(tmp_path_factory):
+    """Start `mlflow server` as soon as this module starts; `server_uri` waits for it."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner process
+    log = (root / "server.log").open("wb")
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}", root / "server.log"
+    finally:
+        # the server and its uvicorn worker share the session/process group started above
+        with_group = [signal.SIGTERM, signal.SIGKILL]
+        for sig in with_group:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server_uri(_server_proc):
+    proc, uri, log = _server_proc
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return uri
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-sqlite")
+    return root, f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture
+def store(request, sqlite_store, monkeypatch, tmp_path):
+    """MLFLOW_TRACKING_URI → the sqlite store (default) or the server (param "server"); the
+    working directory is a temp dir (no mlflow.db / mlruns in the repo, no git commit)."""
+    kind = getattr(request, "param", "sqlite")
+    uri = request.getfixturevalue("server_uri") if kind == "server" else sqlite_store[1]
+    for var in (PIPELINE_RUN_ENV, "MEDSSL_TRACKING", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(sqlite_store[0] if kind == "sqlite" else tmp_path)
+    assert mlflow.active_run() is None
+    yield uri
+    while mlflow.active_run() is not None:  # never leak an active run into the next test
+        mlflow.end_run()
+
+
+def _params(experiment: str, *overrides: str):
+    return load_params(Path("/nonexistent"), [f"register.experiment={experiment}", *overrides])
+
+
+def _new_process() -> None:
+    """What a fresh `medssl <stage>` process starts from: no active run in MLflow's fluent API
+    (stage_run keeps no other state between calls)."""
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    assert mlflow.active_run() is None
+
+
+class Tiny(torch.nn.Module):
+    """A 7-class classifier on [B, 1, 16, 16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.head = torch.nn.Linear(4, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+META = {
+    "method": "supervised",
+    "backbone": "tiny",
+    "classes": [f"c{i}" for i in range(7)],
+    "in_channels": 1,
+    "image_size": 16,
+    "task": "multilabel",
+}
+
+
+def _metrics(f1: float) -> dict:
+    per_class = {
+        c: {"precision": f1, "recall": f1, "f1": f1, "support": 5, "threshold": 0.5}
+        for c in META["classes"]
+    }
+    return {
+        "f1_weighted": f1,
+        "precision_weighted": f1 - 0.01,
+        "recall_weighted": f1 + 0.01,
+        "n_test_images": 20,
+        "per_class": per_class,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+def test_tracking_uri_default_and_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking_uri() == "http://127.0.0.1:1"
+
+
+def test_null_tracker_and_switch(monkeypatch, tmp_path):
+    assert isinstance(NullTracker(), Tracker)
+    monkeypatch.setenv("MEDSSL_TRACKING", "off")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    with stage_run("train", _params("tracking-off")) as tracker:
+        assert isinstance(tracker, NullTracker)
+        tracker.log_metrics({"loss": 1.0}, step=0)
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_stage_runs_nest_under_one_parent(store, tmp_path):
+    params = _params("nesting", "train.lr=0.001")
+    mc = MlflowClient()
+    with stage_run("train", params, dataset_dir=tmp_path / "nowhere") as train:
+        assert isinstance(train, MlflowTracker) and isinstance(train, Tracker)
+        assert mlflow.active_run().info.run_id == train.run_id
+        for epoch in range(3):
+            train.log_metrics({"train_loss": 1.0 / (epoch + 1), "val_f1_weighted": 0.1}, step=epoch)
+        train.log_params({"extra": {"k": 1}})
+    _new_process()
+    assert mc.get_run(train.parent_run_id).info.status == "RUNNING"
+    with stage_run("evaluate", params) as evaluate:
+        pass
+    _new_process()
+    with stage_run("register", params) as register:
+        pass
+    assert train.parent_run_id == evaluate.parent_run_id == register.parent_run_id
+    parent = mc.get_run(train.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["medssl.kind"] == "pipeline"
+
+    run = mc.get_run(train.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.tags["medssl.stage"] == "train"
+    assert run.data.tags["medssl.version"]
+    assert run.data.params["train.lr"] == "0.001"
+    assert run.data.params["register.experiment"] == "nesting"
+    assert run.data.params["split.fractions.train"] == "0.03"
+    assert run.data.params["extra.k"] == "1"
+    history = mc.get_metric_history(train.run_id, "train_loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [a.path for a in mc.list_artifacts(train.run_id)] == ["config.json"]
+    config = json.loads(
+        Path(mc.download_artifacts(train.run_id, "config.json", tmp_path)).read_text()
+    )
+    assert config == params.dump()
+    # no system-metrics sampler was started
+    assert not any(k.startswith("system/") for k in run.data.metrics)
+
+    # a FINISHED pipeline is not reused: the next `dvc repro` gets a new parent
+    with stage_run("train", params) as again:
+        pass
+    assert again.parent_run_id != train.parent_run_id
+
+
+def test_parent_found_from_another_process(store):
+    params = _params("cross-process", "train.seed=7")
+    with stage_run("train", params) as train:
+        pass
+    code = (
+        "from pathlib import Path\n"
+        "from medssl.config import load_params\n"
+        "from medssl.tracking import stage_run\n"
+        "p = load_params(Path('/nonexistent'), "
+        "['register.experiment=cross-process', 'train.seed=7'])\n"
+        "with stage_run('evaluate', p) as t:\n"
+        "    print(t.parent_run_id, t.run_id)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    parent, child = out.stdout.split()[-2:]
+    assert parent == train.parent_run_id
+    assert MlflowClient().get_run(child).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_explicit_parent_from_env(store, monkeypatch):
+    mc = MlflowClient()
+    params = _params("explicit")
+    exp = mc.get_experiment_by_name("explicit") or mc.get_experiment(
+        mc.create_experiment("explicit")
+    )
+    parent = mc.create_run(exp.experiment_id, run_name="orchestrator").info.run_id
+    monkeypatch.setenv(PIPELINE_RUN_ENV, parent)
+    with stage_run("train", params) as tracker:
+        pass
+    assert tracker.parent_run_id == parent
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "0" * 32)
+    with pytest.raises(ConfigError, match=PIPELINE_RUN_ENV), stage_run("train", params):
+        pass
+
+
+def test_failing_stage_fails_nested_and_parent(store):
+    params = _params("failing")
+    mc = MlflowClient()
+    with pytest.raises(RuntimeError, match="boom"), stage_run("train", params) as tracker:
+        tracker.log_metrics({"train_loss": 1.0}, step=0)
+        raise RuntimeError("boom")
+    assert mlflow.active_run() is None
+    run = mc.get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["medssl.failure"] == "RuntimeError"  # the type only, never the text
+    assert mc.get_run(tracker.parent_run_id).info.status == "FAILED"
+    # `dvc repro` again re-runs the failed stage in the same pipeline run (parent reopened)
+    with stage_run("train", params) as retry:
+        pass
+    assert retry.parent_run_id == tracker.parent_run_id
+    assert mc.get_run(retry.parent_run_id).info.status == "RUNNING"
+
+
+def test_data_hash_from_dvc_lock_or_content(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = tmp_path / "data" / "splits"
+    ds.mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("task: multilabel\n")
+    (ds / "manifest.parquet").write_bytes(b"rows-v1")
+    first = data_hash(ds)
+    assert first is not None and first[1].startswith("sha256")
+    assert data_hash(Path("data/splits")) == first  # relative or absolute: same hash
+    (ds / "manifest.parquet").write_bytes(b"rows-v2")
+    assert data_hash(ds)[0] != first[0]
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "split": {"outs": [{"path": "data/splits", "hash": "md5", "md5": "abc123.dir"}]}
+        },
+    }
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    assert data_hash(Path("data/splits")) == ("abc123.dir", "dvc.lock:split")
+    assert data_hash(tmp_path / "empty") is None
+
+
+def test_git_commit_of_the_repo():
+    commit = git_commit(REPO)
+    if (REPO / ".git").exists():
+        assert commit is not None and len(commit) == 40
+    assert git_commit(Path("/")) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# registry and gate (sqlite store and HTTP server)
+
+
+def _log(name: str, f1: float, lr: str, seed: int) -> tuple[str, torch.nn.Module, str]:
+    params = _params(f"registry-{name}", f"train.lr={lr}")
+    torch.manual_seed(seed)
+    model = Tiny().eval()
+    with stage_run("register", params) as tracker:
+        example = np.random.default_rng(seed).random((1, 1, 16, 16), dtype=np.float32)
+        version = log_and_register(model, META, example, _metrics(f1), name, tracker)
+    return version, model, tracker.run_id
+
+
+def _tags(name: str, version: str) -> dict:
+    return MlflowClient().get_model_version(name, version).tags
+
+
+def _alias(name: str, alias: str) -> str:
+    return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"], indirect=True)
+def test_registry_flow_and_gate(store, tmp_path):
+    name = f"organs-{'http' if store.startswith('http') else 'sqlite'}"
+    mc = MlflowClient()
+    metric, margin = "f1_weighted", 0.02
+
+    # 1. the first version becomes champion
+    v1, _, run1 = _log(name, 0.60, "0.001", 1)
+    assert _alias(name, CHALLENGER) == v1
+    tags = _tags(name, v1)
+    assert tags["medssl.metric.f1_weighted"] == "0.6"
+    assert tags["medssl.run_id"] == run1
+    assert json.loads(tags["medssl.metrics"])["per_class"]["c0"]["f1"] == 0.6
+    d1 = gate(name, v1, metric, margin)
+    assert d1.promoted and d1.decision == "promoted" and d1.champion is None
+    assert _alias(name, CHAMPION) == v1
+    assert _tags(name, v1)["medssl.gate.champion_f1_weighted"] == "none"
+
+    # 2. a worse challenger is refused; both numbers and the decision are in its tags
+    v2, _, _ = _log(name, 0.50, "0.002", 2)
+    d2 = gate(name, v2, metric, margin)
+    assert not d2.promoted and d2.decision == "refused"
+    tags = _tags(name, v2)
+    assert tags["medssl.gate.decision"] == "refused"
+    assert float(tags["medssl.gate.challenger_f1_weighted"]) == 0.5
+    assert float(tags["medssl.gate.champion_f1_weighted"]) == 0.6
+    assert tags["medssl.gate.champion_version"] == v1
+    assert float(tags["medssl.gate.margin"]) == margin
+    assert _alias(name, CHAMPION) == v1 and _alias(name, CHALLENGER) == v2
+
+    # 3. a better one (beyond the margin) is promoted; the old champion keeps its history
+    v3, _, _ = _log(name, 0.70, "0.003", 3)
+    d3 = gate(name, v3, metric, margin)
+    assert d3.promoted and d3.champion == 0.6 and d3.champion_version == v1
+    assert _alias(name, CHAMPION) == v3
+    old = _tags(name, v1)
+    assert old["medssl.gate.decision"] == "promoted"  # how it won, still there
+    assert old["medssl.champion.lost_to"] == v3 and old["medssl.champion.lost_at"]
+    assert old["medssl.champion.lost_reason"].startswith("gate:")
+    aliases = mc.get_registered_model(name).aliases
+    assert CHALLENGER not in aliases  # the challenger became champion
+
+    # 4. a challenger inside the margin is refused
+    v4, model4, _ = _log(name, 0.71, "0.003", 4)
+    d4 = gate(name, v4, metric, margin)
+    assert not d4.promoted and d4.decision == "refused"
+    assert "<=" in d4.reason and _alias(name, CHAMPION) == v3
+
+    # 5. manual promotion is logged as such
+    d5 = promote(name, v4, "reviewed by radiology")
+    assert d5.decision == "manual" and d5.promoted
+    tags = _tags(name, v4)
+    assert tags["medssl.gate.decision"] == "manual"
+    assert tags["medssl.gate.reason"] == "reviewed by radiology"
+    assert float(tags["medssl.gate.champion_f1_weighted"]) == 0.7
+    assert _alias(name, CHAMPION) == v4
+    assert _tags(name, v3)["medssl.champion.lost_reason"].startswith("manual promotion")
+    history = json.loads(_tags(name, v3)["medssl.champion.history"])
+    assert [e["event"] for e in history] == ["won", "lost"] and history[1]["to"] == v4
+    # winning the alias back clears the current "lost" tags; the history keeps them
+    assert promote(name, v1, "rollback drill").decision == "manual"
+    assert "medssl.champion.lost_to" not in _tags(name, v1)
+    events = json.loads(_tags(name, v1)["medssl.champion.history"])
+    assert [e["event"] for e in events] == ["won", "lost", "won"]
+    assert promote(name, v4, "end of drill").promoted and _alias(name, CHAMPION) == v4
+    with pytest.raises(ConfigError):
+        promote(name, v3, "  ")
+
+    # 6. list and compare
+    table = list_versions(name)
+    assert list(table["version"]) == [4, 3, 2, 1]
+    assert dict(zip(table["version"], table["aliases"], strict=True))[4] == CHAMPION
+    text = format_versions(name, table)
+    assert "champion" in text and "0.7100" in text
+    cmp = compare(name, v3, CHAMPION)
+    assert cmp["metrics"]["f1_weighted"] == (0.70, 0.71)
+    assert cmp["per_class"]["c0"]["f1"] == (0.70, 0.71)
+    assert cmp["config_diff"] == {}  # same lr for v3 and v4
+    assert compare(name, v1, v2)["config_diff"]["train.lr"] == ("0.001", "0.002")
+    out = format_compare(cmp)
+    assert f"v{v3}" in out and f"v{v4} (champion)" in out and "c0" in out
+    with pytest.raises(MedsslError, match="no version"):
+        compare(name, "99", v1)
+    with pytest.raises(MedsslError, match="no registered model"):
+        list_versions("no-such-model")
+
+    # 7. the champion loads back as a plain nn.Module with the same outputs
+    x = torch.rand(2, 1, 16, 16)
+    loaded = mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}")
+    assert isinstance(loaded, torch.nn.Module) and not isinstance(loaded, torch.fx.GraphModule)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model4(x))
+    info = mlflow.models.get_model_info(f"models:/{name}/{v4}")
+    assert tuple(info.signature.inputs.inputs[0].shape) == (-1, 1, 16, 16)
+    assert tuple(info.signature.outputs.inputs[0].shape) == (-1, 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# the register stage
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    from medssl.models import build_classifier, save_model
+
+    torch.manual_seed(0)
+    classes = ["liver", "kidney", "spleen"]
+    model = build_classifier("resnet18", len(classes), 1).eval()
+    out = tmp_path / "model"
+    out.mkdir()
+    meta = {**META, "backbone": "resnet18", "classes": classes, "image_size": 32}
+    save_model(out / "model.pt", model, meta)
+    (out / "train.json").write_text(json.dumps({"method": "supervised", "label_fraction": 0.5}))
+    return out
+
+
+def _eval_dir(root: Path, f1: float) -> Path:
+    out = root / f"eval-{f1}"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps(_metrics(f1)))
+    return out
+
+
+def test_register_stage(store, model_dir, tmp_path):
+    from medssl.models import load_model
+    from medssl.stages.register import register
+
+    cfg = RegisterConfig(model_name="stage-organs", experiment="stage", margin=0.01)
+    params = _params("stage", "register.model_name=stage-organs", "register.margin=0.01")
+    with stage_run("register", params) as tracker:
+        result = register(model_dir, _eval_dir(tmp_path, 0.8), None, cfg, tracker=tracker)
+    assert result.promoted and result.version == "1" and result.challenger == 0.8
+    assert "promoted to champion" in result.describe() and "\n" not in result.describe()
+    assert json.dumps(result.to_json())
+    tags = _tags("stage-organs", "1")
+    assert tags["medssl.train.label_fraction"] == "0.5"
+    assert tags["medssl.model.backbone"] == "resnet18"
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.metrics["test.f1_weighted"] == 0.8
+    assert run.data.metrics["test.c0.f1"] == 0.8
+    assert run.data.tags["medssl.gate.decision"] == "promoted"
+
+    model, _ = load_model(model_dir / "model.pt")
+    loaded = mlflow.pytorch.load_model(result.model_uri)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+    # NullTracker: the model is still registered (no run); a worse one is refused
+    second = register(model_dir, _eval_dir(tmp_path, 0.805), None, cfg, tracker=NullTracker())
+    assert not second.promoted and second.champion == 0.8 and second.run_id is None
+    assert "stays challenger" in second.describe()
+
+    bad = RegisterConfig(model_name="stage-organs", metric="auc")
+    with pytest.raises(ConfigError, match=r"register\.metric=.auc."):
+        register(model_dir, _eval_dir(tmp_path, 0.9), None, bad, tracker=NullTracker())
