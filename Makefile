@@ -16,14 +16,23 @@ venv: ## create or refresh .venv from uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet
 
-demo: venv ## run the pipeline on the embedded defaults (dvc repro: synth → validate → split)
+demo: venv ## the whole job on the embedded defaults: dvc repro synth → … → register
 	dvc repro
 	@echo
+	@echo "== test set (paper 000 Table 2 layout) =="
+	@sed -n '/^|/p' reports/evaluate/report.md
+	@echo
+	@echo "== registry =="
+	@medssl models list
+	@echo
 	@echo "medssl demo: done. What it made:"
-	@echo "  data/abdominal-us/            synthetic archive (images/, manifest.parquet, reports.parquet)"
-	@echo "  reports/validate/report.json  validation results; data docs: reports/validate/data_docs/index.html"
-	@echo "  data/splits/                  patient-disjoint splits + label fractions (splits.json, splits.png)"
-	@echo "Change a parameter and re-run only what changed:  dvc exp run -S data.seed=2"
+	@echo "  data/abdominal-us/          synthetic archive (images/, manifest.parquet, reports.parquet)"
+	@echo "  reports/validate/           report.json; data docs: reports/validate/data_docs/index.html"
+	@echo "  data/splits/                patient-disjoint splits + label fractions (splits.json, splits.png)"
+	@echo "  models/supervised/          model.pt, history.csv, predictions.parquet"
+	@echo "  reports/evaluate/           metrics.json, report.md, pr_curves.png (dvc metrics show / dvc plots show)"
+	@echo "  mlflow.db                   runs and registered models: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Change a parameter and re-run only what changed:  dvc exp run -S train.lr=0.0003"
 
 test: venv ## lint, format check and the test suite
 	ruff check src tests benchmarks
@@ -41,6 +50,8 @@ format: venv ## apply ruff fixes and formatting
 bench: venv ## run the benchmarks (JSON to benchmarks/results/)
 	@mkdir -p benchmarks/results
 	python benchmarks/validate_tables.py | tee benchmarks/results/validate_tables.json
+	python benchmarks/train_throughput.py | tee benchmarks/results/train_throughput.json
+	python benchmarks/synth_learnability.py | tee benchmarks/results/synth_learnability.json
 
 clean: ## remove generated data and reports (keeps .venv)
-	rm -rf data reports .pytest_cache
+	rm -rf data reports models .cache .pytest_cache

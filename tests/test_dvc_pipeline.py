@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -35,8 +36,12 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["size"] = "tiny"
+    params["train"].update(max_epochs=2, checkpoint_every=5)
+    params["evaluate"]["bootstrap"] = 50
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / ".gitignore").write_text("/data/\n/reports/\n")
+    (tmp_path / ".gitignore").write_text(
+        "/data/\n/reports/\n/models/\n/.cache/\nmlflow.db\n/mlruns/\n"
+    )
     run(["git", "init", "-q"], tmp_path)
     run(["git", "add", "-A"], tmp_path)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], tmp_path)
@@ -45,10 +50,14 @@ def project(tmp_path: Path) -> Path:
 
 def test_repro_then_nothing_then_experiment(project: Path):
     out = run(["dvc", "repro"], project)
-    for stage in ("synth", "validate", "split"):
+    for stage in ("synth", "validate", "split", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in out
     assert (project / "data/splits/splits.json").is_file()
     assert (project / "reports/validate/report.json").is_file()
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    assert 0 <= metrics["f1_weighted"] <= 1
+    first = json.loads((project / "reports/register.json").read_text())
+    assert first["version"] == "1" and first["gate_decision"] == "promoted"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["synth"]["params"]["params.yaml"]["data"]["size"] == "tiny"
 
@@ -57,10 +66,17 @@ def test_repro_then_nothing_then_experiment(project: Path):
 
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], project)
-    exp = run(["dvc", "exp", "run", "-S", "data.seed=2"], project)
-    assert "Running stage 'synth'" in exp
-    # the experiment changed the data, so the stages after it re-ran too
-    assert "Running stage 'split'" in exp
+    exp = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], project)
+    # only what the change touches re-runs, and the registry gets a second, gated version
+    for stage in ("synth", "validate", "split"):
+        assert f"Running stage '{stage}'" not in exp
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in exp
+    second = json.loads((project / "reports/register.json").read_text())
+    assert second["version"] == "2"
+    assert second["gate_decision"] in {"promoted", "refused"}
+    listing = run(["medssl", "models", "list"], project)
+    assert "champion" in listing and "2" in listing
 
 
 def test_a_failed_validation_stops_the_pipeline(project: Path):

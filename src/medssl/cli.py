@@ -29,8 +29,12 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate and inspect datasets.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, compare and promote registered models (MLflow).", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
 
 SetOption = Annotated[
     list[str] | None,
@@ -39,6 +43,19 @@ SetOption = Annotated[
         "--set",
         metavar="SECTION.KEY=VALUE",
         help="Override a params.yaml value (repeatable), as in `dvc exp run -S`.",
+    ),
+]
+TrackOption = Annotated[
+    bool,
+    typer.Option(
+        "--track/--no-track",
+        help="Log the stage to MLflow (MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+    ),
+]
+ModelNameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Registered model name (default: register.model_name or abdominal-organs)."
     ),
 ]
 ParamsOption = Annotated[
@@ -154,6 +171,137 @@ def split_cmd(
             f"  train subset {float(f):>4.0%}: {counts['images']:,} images, "
             f"{counts['exams']:,} exams"
         )
+
+
+def _tracked(stage: str, cfg: Params, dataset: Path | None, track: bool):
+    """The MLflow stage run (nested in the pipeline's parent run), or a no-op tracker."""
+    from contextlib import nullcontext
+
+    from medssl.tracking import NullTracker, stage_run
+
+    return stage_run(stage, cfg, dataset) if track else nullcontext(NullTracker())
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Split dataset folder (from `medssl split`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path(
+        "models/supervised"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")
+    ] = False,
+    track: TrackOption = True,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Train a model with `train.method` (one loop for every method); early stopping on val F1."""
+    cfg = _params(params, set_)
+    from medssl.stages.train import train
+
+    with _tracked("train", cfg, dataset, track) as tracker:
+        result = train(dataset, out, cfg.train, resume=resume, tracker=tracker)
+    typer.echo(result.describe())
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (from `medssl train`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")] = Path(
+        "reports/evaluate"
+    ),
+    track: TrackOption = True,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Per-class thresholds on val, test P/R/F1 (paper 000 Table 2 layout) with a bootstrap CI."""
+    cfg = _params(params, set_)
+    from medssl.stages.evaluate import evaluate, format_table
+
+    with _tracked("evaluate", cfg, None, track) as tracker:
+        result = evaluate(model_dir, out, cfg.evaluate, tracker=tracker)
+    typer.echo(format_table(result))
+
+
+@app.command("register")
+def register_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (from `medssl train`).")],
+    eval_dir: Annotated[Path, typer.Option("--eval", help="Evaluate output folder.")] = Path(
+        "reports/evaluate"
+    ),
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help="Dataset the model was trained on.")
+    ] = Path("data/splits"),
+    record: Annotated[
+        Path, typer.Option("--record", help="JSON file for the version and gate decision.")
+    ] = Path("reports/register.json"),
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Log and register the model in MLflow as `challenger`; promote it to `champion` if it beats
+    the champion by `register.margin` on `register.metric`."""
+    cfg = _params(params, set_)
+    from medssl.stages.register import register
+
+    with _tracked("register", cfg, dataset, True) as tracker:
+        result = register(
+            model_dir, eval_dir, dataset, cfg.register_, tracker=tracker, record=record
+        )
+    typer.echo(result.describe())
+    typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {_tracking_uri()}")
+
+
+def _tracking_uri() -> str:
+    from medssl.tracking import tracking_uri
+
+    return tracking_uri()
+
+
+def _model_name(name: str | None, params: Path, set_: list[str] | None) -> str:
+    from medssl.stages.register import DEFAULT_MODEL_NAME
+
+    return name or _params(params, set_).register_.model_name or DEFAULT_MODEL_NAME
+
+
+@models_app.command("list")
+def models_list(
+    name: ModelNameOption = None, set_: SetOption = None, params: ParamsOption = DEFAULT_PARAMS
+) -> None:
+    """Registered versions with their aliases and key metrics."""
+    from medssl.tracking.registry import format_versions, list_versions
+
+    model = _model_name(name, params, set_)
+    typer.echo(format_versions(model, list_versions(model)))
+
+
+@models_app.command("compare")
+def models_compare(
+    a: Annotated[str, typer.Argument(help="Version number or alias (champion, challenger).")],
+    b: Annotated[str, typer.Argument(help="Version number or alias.")],
+    name: ModelNameOption = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Two versions side by side: metrics per class, config differences, data hash, commit."""
+    from medssl.tracking.registry import compare, format_compare
+
+    model = _model_name(name, params, set_)
+    typer.echo(format_compare(compare(model, a, b)))
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version number to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the version's tags).")],
+    name: ModelNameOption = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Manual promotion to `champion`, logged as such on the version."""
+    from medssl.tracking.registry import promote
+
+    model = _model_name(name, params, set_)
+    typer.echo(promote(model, version, reason).describe())
 
 
 def main() -> None:
