@@ -20,7 +20,7 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	dvc repro
 	@echo
 	@echo "== test set (paper 000 Table 2 layout) =="
-	@sed -n '/^|/p' reports/evaluate/report.md
+	@cat reports/evaluate/table.txt
 	@echo
 	@echo "== registry =="
 	@medssl models list

@@ -237,7 +237,14 @@ def test_files_are_written(tmp_path):
     table = make_predictions(seed=10)
     result = run(tmp_path, table, bootstrap=100)
     out = tmp_path / "eval"
-    for name in ("metrics.json", "thresholds.csv", "pr_curves.csv", "pr_curves.png", "report.md"):
+    for name in (
+        "metrics.json",
+        "thresholds.csv",
+        "pr_curves.csv",
+        "pr_curves.png",
+        "report.md",
+        "table.txt",
+    ):
         assert (out / name).is_file(), name
         assert (out / name).stat().st_size > 0
     assert set(result.paths.values()) == {p for p in out.iterdir()}

@@ -7,6 +7,7 @@ as one line, never a traceback).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -306,6 +307,7 @@ def models_promote(
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage output readable
     try:
         rv = app(standalone_mode=False)
     except MedsslError as exc:

@@ -42,6 +42,7 @@ PR_CURVES_FILE = "pr_curves.csv"
 PR_PLOT_FILE = "pr_curves.png"
 PR_DIR = "pr"
 REPORT_FILE = "report.md"
+TABLE_FILE = "table.txt"
 
 LABEL_PREFIX = "label_"
 SCORE_PREFIX = "score_"
@@ -143,6 +144,8 @@ def evaluate(
 
     paths["report"] = out_dir / REPORT_FILE
     paths["report"].write_text(format_markdown(result))
+    paths["table"] = out_dir / TABLE_FILE  # the terminal table, for `make demo` and CI logs
+    paths["table"].write_text(format_table(result) + "\n")
 
     if tracker is not None:
         tracker.log_metrics(tracker_metrics(metrics))
