@@ -32,7 +32,8 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  models/supervised/          model.pt, history.csv, predictions.parquet"
 	@echo "  reports/evaluate/           metrics.json, report.md, pr_curves.png (dvc metrics show / dvc plots show)"
 	@echo "  mlflow.db                   runs and registered models: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
-	@echo "Change a parameter and re-run only what changed:  dvc exp run -S train.lr=0.0003"
+	@echo "Change a parameter and re-run only what changed:"
+	@echo "  source .venv/bin/activate && dvc exp run -S train.lr=0.0003 && medssl models compare 1 2"
 
 test: venv ## lint, format check and the test suite
 	ruff check src tests benchmarks
