@@ -15,14 +15,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
+
+from medssl.parallel import map_chunks
 
 if TYPE_CHECKING:
     from medssl.data.contract import Dataset
@@ -108,25 +107,18 @@ def _build(
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         del array  # workers (and this process) reopen it in r+ mode
-        chunks = [(s, files[s : s + chunk_size]) for s in range(0, len(files), chunk_size)]
-        n_workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(chunks))
-        bar = tqdm(
-            total=len(files),
-            unit="img",
+        jobs = [
+            (str(tmp), s, files[s : s + chunk_size], spec) for s in range(0, len(files), chunk_size)
+        ]
+        map_chunks(
+            _decode_chunk,
+            jobs,
+            [len(job[2]) for job in jobs],
+            workers=workers,
             desc="decoding images",
-            disable=None if progress is None else not progress,
-            leave=False,
+            parallel=len(files) >= parallel_from,
+            progress=progress,
         )
-        with bar:
-            if len(files) < parallel_from or n_workers <= 1:
-                for start, chunk in chunks:
-                    bar.update(_decode_chunk(str(tmp), start, chunk, spec))
-            else:
-                ctx = get_context("spawn")  # never fork a parent that holds threads
-                with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-                    futures = [pool.submit(_decode_chunk, str(tmp), s, c, spec) for s, c in chunks]
-                    for fut in as_completed(futures):
-                        bar.update(fut.result())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -6,15 +6,13 @@ pyarrow, great-expectations — is never forked); small jobs run in the calling 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from tqdm import tqdm
+
+from medssl.parallel import map_chunks
 
 # Failure categories: the column of the `image_files` view each one turns False.
 EXISTS, DECODES, SIZE = "exists", "decodes", "size_ok"
@@ -84,10 +82,6 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
         yield list(items[start : start + size])
 
 
-def resolve_workers(workers: int) -> int:
-    return workers if workers > 0 else (os.cpu_count() or 1)
-
-
 def check_images(
     root: Path,
     images: Iterable[object],
@@ -106,31 +100,17 @@ def check_images(
     second). `progress` None shows a bar only on a terminal.
     """
     paths = list(dict.fromkeys(p for p in images if isinstance(p, str) and p))
-    n_workers = min(resolve_workers(workers), max(1, -(-len(paths) // chunk_size)))
-    if len(paths) < parallel_from:
-        n_workers = 1
-    failures: list[tuple[str, str, str]] = []
-    bar = tqdm(
-        total=len(paths),
-        unit="img",
+    chunks = list(_chunks(paths, chunk_size))
+    results = map_chunks(
+        _check_chunk,
+        [(str(root), chunk, limits) for chunk in chunks],
+        [len(chunk) for chunk in chunks],
+        workers=workers,
         desc="checking images",
-        disable=None if progress is None else not progress,
-        leave=False,
+        parallel=len(paths) >= parallel_from,
+        progress=progress,
     )
-    with bar:
-        if n_workers <= 1:
-            for chunk in _chunks(paths, chunk_size):
-                failures += _check_chunk(str(root), chunk, limits)
-                bar.update(len(chunk))
-        else:
-            with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-                futures = {
-                    pool.submit(_check_chunk, str(root), chunk, limits): len(chunk)
-                    for chunk in _chunks(paths, chunk_size)
-                }
-                for fut in as_completed(futures):
-                    failures += fut.result()
-                    bar.update(futures[fut])
+    failures = [failure for result in results for failure in result]
     table = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     return table.sort_values("image", kind="stable").reset_index(drop=True)
 
