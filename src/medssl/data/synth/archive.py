@@ -104,6 +104,31 @@ class ArchivePlan:
     styles: list[ScannerStyle]  # per exam
     seed: int
 
+    def truth(self) -> np.ndarray:
+        """Ground-truth labels of every frame (also the unlabeled ones): bool (N, len(CLASSES))."""
+        return organ_labels(self.organs)
+
+    def render(self, row: int) -> np.ndarray:
+        """The pixels of manifest row `row`, exactly as `write_archive` writes them."""
+        exam, image = int(self.exam_index[row]), int(self.image_index[row])
+        return render_image(
+            frame_rng(self.seed, exam, image),
+            self.organs[row],
+            self.styles[exam],
+            self.info.image_size,
+            kidney_abnormal=bool(self.kidney_abnormal[row]),
+        )
+
+
+def frame_rng(seed: int, exam: int, image: int) -> np.random.Generator:
+    """Each frame's own generator: output independent of worker count and order."""
+    return np.random.default_rng([seed, 2, exam, image])
+
+
+def organ_labels(organs: list[tuple[str, ...]]) -> np.ndarray:
+    """Per frame and class: the organ is drawn, or (`other`) no organ of interest is."""
+    return np.array([[(not o) if c == "other" else (c in o) for c in CLASSES] for o in organs])
+
 
 def plan_archive(size: str, seed: int, split_fractions: Mapping[str, float]) -> ArchivePlan:
     """Draw the archive's structure, labels, reports and patient-disjoint splits."""
@@ -142,11 +167,9 @@ def plan_archive(size: str, seed: int, split_fractions: Mapping[str, float]) -> 
     )
     manifest["split"] = assign_splits(manifest, split_fractions, seed)
     labeled = (manifest["split"] != "unlabeled").to_numpy()
-    for name in CLASSES:
-        present = np.array(
-            [(not o) if name == "other" else (name in o) for o in organs], dtype="int8"
-        )
-        manifest[label_column(name)] = pd.array(present, dtype="Int8")
+    truth = organ_labels(organs).astype("int8")
+    for k, name in enumerate(CLASSES):
+        manifest[label_column(name)] = pd.array(truth[:, k], dtype="Int8")
         manifest.loc[~labeled, label_column(name)] = pd.NA
     has_kidney = np.array(["kidney" in o for o in organs])
     kidney_abnormal = exam_kidney_abnormal[exam_index] & has_kidney
@@ -206,7 +229,7 @@ def _images_per_exam(rng: np.random.Generator, n_exams: int, total: int | None) 
 def _render_exam(args: tuple) -> int:
     root, seed, exam, style, size, frames = args
     for image_index, relpath, organs, abnormal in frames:
-        rng = np.random.default_rng([seed, 2, exam, image_index])
+        rng = frame_rng(seed, exam, image_index)
         pixels = render_image(rng, organs, style, size, kidney_abnormal=abnormal)
         Image.fromarray(pixels).save(Path(root) / relpath, compress_level=6)
     return len(frames)

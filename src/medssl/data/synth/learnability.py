@@ -10,8 +10,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from medssl.data.synth.archive import CLASSES, SIZES, plan_archive
-from medssl.data.synth.ultrasound import render_image
+from medssl.data.synth.archive import CLASSES, plan_archive
 from medssl.metrics.multilabel import (
     best_thresholds,
     constant_score_thresholds,
@@ -44,14 +43,13 @@ def linear_probe(size: str = "small", seed: int = 0, pixels: int = 16) -> ProbeR
     """Render the whole `size` archive in memory (every image labeled) and score a one-vs-rest
     logistic regression on `pixels`×`pixels` block means, next to the prevalence baseline."""
     plan = plan_archive(size, seed, PROBE_SPLITS)
-    img_size = SIZES[size].image_size
-    features = np.empty((len(plan.organs), pixels * pixels), dtype=np.float32)
-    for i, organs in enumerate(plan.organs):
-        rng = np.random.default_rng([seed, 2, int(plan.exam_index[i]), int(plan.image_index[i])])
-        style = plan.styles[plan.exam_index[i]]
-        image = render_image(rng, organs, style, img_size, bool(plan.kidney_abnormal[i]))
-        features[i] = _downsample(image.astype(np.float32), pixels).ravel()
-    y = np.array([[(not o) if c == "other" else (c in o) for c in CLASSES] for o in plan.organs])
+    features = np.stack(
+        [
+            _downsample(plan.render(i).astype(np.float32), pixels).ravel()
+            for i in range(len(plan.organs))
+        ]
+    )
+    y = plan.truth()
     split = plan.manifest["split"].to_numpy()
     tr, va, te = (split == s for s in ("train", "val", "test"))
 
