@@ -133,7 +133,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected section.key=value")
-    path = [p for p in key.strip().split(".")]
+    path = key.strip().split(".")
     if any(not p for p in path):
         raise ConfigError(f"override {text!r}: empty key part")
     if raw.strip().lower() in YAML11_WORDS:

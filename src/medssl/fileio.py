@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from medssl.errors import ConfigError
+
 
 @contextmanager
 def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
@@ -53,3 +55,20 @@ def atomic_write(path: Path | str, writer: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def load_tagged_torch(path: Path | str, fmt: str, what: str) -> dict[str, Any]:
+    """A dict saved with `{"format": fmt, …}`, loaded on CPU with weights_only; one-line
+    ConfigError naming `what` when the file is missing, unreadable or of another format."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise ConfigError(f"{path}: not a {what} (no {fmt!r} header)")
+    return obj

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medssl.errors import ConfigError
-from medssl.fileio import atomic_torch_save
+from medssl.fileio import atomic_torch_save, load_tagged_torch
 
 CHECKPOINT_FORMAT = "medssl-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -69,13 +68,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a readable checkpoint ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a medssl checkpoint")
-    return state
+    return load_tagged_torch(path, CHECKPOINT_FORMAT, "medssl checkpoint")
 
 
 def to_cpu(obj: Any) -> Any:

@@ -15,7 +15,7 @@ from torch import nn
 
 from medssl import __version__
 from medssl.errors import ConfigError
-from medssl.fileio import atomic_torch_save
+from medssl.fileio import atomic_torch_save, load_tagged_torch
 from medssl.models.backbones import (
     adapt_state_dict,
     build_backbone,
@@ -126,12 +126,5 @@ def load_model(path: Path | str) -> tuple[Classifier, dict[str, Any]]:
 
 
 def _read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: model file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a readable medssl model file ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
-        raise ConfigError(f"{path}: not a medssl model file (no {MODEL_FORMAT!r} header)")
+    obj = load_tagged_torch(path, MODEL_FORMAT, "medssl model file")
     return obj["state_dict"], obj["meta"]
