@@ -48,6 +48,16 @@ def test_user_mistakes_are_one_line_errors(tmp_path, args, text):
     assert_one_line_error(medssl(*args, cwd=tmp_path), text)
 
 
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [(["spilt"], "No such command 'spilt'"), (["split", "--bogus"], "No such option: --bogus")],
+)
+def test_usage_errors_exit_2_without_traceback(tmp_path, args, text):
+    proc = medssl(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert text in proc.stderr
+
+
 def test_config_show_resolves_overrides(tmp_path):
     proc = medssl("config", "show", "-S", "split.seed=9", cwd=tmp_path)
     assert proc.returncode == 0

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import click
 import typer
+from typer.exceptions import TyperException
 
 from medssl import __version__
 from medssl.config import DEFAULT_PARAMS, Params, load_params
@@ -313,13 +314,17 @@ def main() -> None:
     except MedsslError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    # typer >= 0.20 vendors click: its usage errors derive from TyperException, not click's
+    except (click.ClickException, TyperException) as exc:
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            typer.secho(f"error: {exc.format_message()}", err=True, fg="red")
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
 
