@@ -125,6 +125,23 @@ def data_synth(
     typer.echo("  " + ", ".join(f"{k}: {v:,}" for k, v in result.splits.items()))
 
 
+@data_app.command("fetch")
+def data_fetch(
+    repo: Annotated[str, typer.Argument(help="Git URL or local path of the DVC data repository.")],
+    path: Annotated[str, typer.Argument(help="Dataset folder inside the repository.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (replaced).")],
+    rev: Annotated[
+        str | None, typer.Option(help="Git revision (default: the default branch; HEAD of a path).")
+    ] = None,
+    remote: Annotated[str | None, typer.Option(help="DVC remote (default: the repo's).")] = None,
+) -> None:
+    """Download a DVC-tracked dataset folder at a git revision from the repository's remote."""
+    from medssl.stages.fetch import fetch_dataset
+
+    result = fetch_dataset(repo, rev, path, out, remote=remote, progress=True)
+    typer.echo(result.describe())
+
+
 @app.command("validate")
 def validate_cmd(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (contains dataset.yaml).")],

@@ -1,0 +1,229 @@
+"""Remote storage for real, against an S3-compatible server on loopback (moto's standalone
+server): a DVC remote on S3 (dvc-s3) and an MLflow tracking server whose artifacts live in S3
+(`--artifacts-destination s3://…`, proxied to clients that hold no S3 credentials).
+
+The MLflow server starts when this module starts (~15 s to come up) while the DVC test runs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from medssl.config import load_params
+from medssl.tracking import stage_run
+from medssl.tracking.registry import CHALLENGER, log_and_register
+from s3server import VENV_BIN, commit_all, init_repo, s3_server, sh, tree_digest
+
+DATASET = "data/abdominal-us"
+SERVER_START_S = 120
+
+
+@pytest.fixture(scope="module")
+def s3():
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
+    with s3_server() as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------------------------
+# DVC remote on S3
+
+
+def test_dvc_push_then_pull_into_a_fresh_clone(s3, tiny_archive, tmp_path):
+    bucket = s3.make_bucket("dvc")
+    env = s3.subprocess_env()  # credentials only: the endpoint is in the committed config
+    src = init_repo(tmp_path / "src", env)
+    _copy_subset(tiny_archive, src / DATASET, exams=8)
+    sh("dvc", "add", DATASET, cwd=src, env=env)
+    sh("dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/dvc", cwd=src, env=env)
+    sh("dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint, cwd=src, env=env)
+    commit_all(src, env, "dataset and remote")
+    pushed = sh("dvc", "push", cwd=src, env=env).stdout
+    expected = tree_digest(src / DATASET)
+    assert len(expected) > 50 and sum(name.endswith(".png") for name in expected) > 40
+    assert f"{len(expected) + 1} files pushed" in pushed  # every file + the folder's .dir
+    keys = s3.keys(bucket, "dvc/")
+    assert len(keys) == len(expected) + 1  # content-addressed: no duplicate files here
+    assert sum(k.endswith(".dir") for k in keys) == 1
+    assert all(k.startswith("dvc/files/md5/") for k in keys)
+    # an object is a file's bytes under their md5
+    key = next(k for k in keys if not k.endswith(".dir"))
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert key.replace("/", "").endswith(hashlib.md5(body).hexdigest())
+
+    shutil.rmtree(src / ".dvc" / "cache")  # nothing local to fall back on
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", src, clone, cwd=tmp_path, env=env)
+    assert not (clone / DATASET).exists()
+    pulled = sh("dvc", "pull", cwd=clone, env=env).stdout
+    assert f"{len(expected) + 1} files fetched" in pulled
+    assert tree_digest(clone / DATASET) == expected
+
+    # the credentials come from the environment, not the repository
+    bare = tmp_path / "no-credentials"
+    sh("git", "clone", "-q", src, bare, cwd=tmp_path, env=env)
+    failed = sh("dvc", "pull", cwd=bare, env=s3.subprocess_env(credentials=False), check=False)
+    assert failed.returncode != 0 and not (bare / DATASET / "dataset.yaml").exists()
+
+
+def _copy_subset(archive: Path, dest: Path, exams: int) -> None:
+    """The archive's tables and the images of its first `exams` exams (PNG, 8/16-bit)."""
+    shutil.copytree(archive, dest, ignore=shutil.ignore_patterns("images"))
+    for exam in sorted((archive / "images").iterdir())[:exams]:
+        shutil.copytree(exam, dest / "images" / exam.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow tracking server with S3 artifacts
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_server(s3, tmp_path_factory):
+    """`mlflow server` with a sqlite backend store and artifacts in s3://<bucket>/mlflow, started
+    as soon as this module starts; `mlflow_server` waits until it is healthy. Only the server has
+    the S3 credentials and endpoint."""
+    root = tmp_path_factory.mktemp("mlflow-s3")
+    bucket = s3.make_bucket("mlflow")
+    port = _free_port()
+    env = {
+        k: v for k, v in s3.subprocess_env().items() if not k.startswith("MLFLOW_") or k == "PATH"
+    }
+    env["MLFLOW_S3_ENDPOINT_URL"] = s3.endpoint
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner process
+    log = (root / "server.log").open("wb")
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}", root / "server.log", bucket
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the server and its uvicorn worker
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(_mlflow_server):
+    proc, uri, log, bucket = _mlflow_server
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return uri, bucket
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_mlflow_server_stores_models_in_s3(s3, mlflow_server, monkeypatch, tmp_path):
+    uri, bucket = mlflow_server
+    # the client knows only the server's URL: no AWS credentials, no S3 endpoint
+    for var in [v for v in os.environ if v.startswith(("AWS_", "MLFLOW_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(Path("/nonexistent"), ["register.experiment=remote-artifacts"])
+    meta = {
+        "method": "supervised",
+        "backbone": "tiny",
+        "classes": ["liver", "kidney", "spleen"],
+        "in_channels": 1,
+        "image_size": 16,
+        "task": "multilabel",
+    }
+    metrics = {"f1_weighted": 0.5, "precision_weighted": 0.5, "recall_weighted": 0.5}
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    example = np.random.default_rng(0).random((1, 1, 16, 16), dtype=np.float32)
+    try:
+        with stage_run("register", params) as tracker:  # the register stage's own path
+            version = log_and_register(model, meta, example, metrics, "s3-organs", tracker)
+            tracker.log_artifact(_write(tmp_path / "note.txt", "run artifact\n"))
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+    mc = MlflowClient()
+    run = mc.get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied through the server
+    mv = mc.get_model_version("s3-organs", version)
+    assert mc.get_model_version_by_alias("s3-organs", CHALLENGER).version == mv.version
+
+    keys = s3.keys(bucket, "mlflow/")
+    assert mv.source.startswith("models:/m-")  # the version points at a LoggedModel
+    model_id = mv.source.removeprefix("models:/")
+    model_dir = f"mlflow/{run.info.experiment_id}/models/{model_id}/artifacts/"
+    stored = {k[len(model_dir) :] for k in keys if k.startswith(model_dir)}
+    assert {"MLmodel", "data/model.pth", "requirements.txt", "input_example.json"} <= stored
+    assert any(k.endswith(f"{tracker.run_id}/artifacts/note.txt") for k in keys)
+    assert any(k.endswith(f"{tracker.run_id}/artifacts/config.json") for k in keys)
+    text = s3.client().get_object(Bucket=bucket, Key=model_dir + "MLmodel")["Body"].read().decode()
+    assert "pytorch" in text and "medssl" in text  # flavor and medssl metadata
+
+    # loaded back through the server (which reads S3), the model gives the same outputs
+    loaded = mlflow.pytorch.load_model(f"models:/s3-organs@{CHALLENGER}")
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
