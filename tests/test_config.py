@@ -13,7 +13,15 @@ def test_repo_params_yaml_matches_the_models():
     assert params.data.size == "small"
     assert params.split.fractions["unlabeled"] == pytest.approx(0.946)
     # every key in the file is a typed field: dumping gives back the same sections
-    assert set(params.dump()) == {"data", "validate", "split", "train", "evaluate", "register"}
+    assert set(params.dump()) == {
+        "data",
+        "ingest",
+        "validate",
+        "split",
+        "train",
+        "evaluate",
+        "register",
+    }
 
 
 def test_defaults_without_a_file(tmp_path):

@@ -192,6 +192,43 @@ def split_cmd(
         )
 
 
+@app.command("ingest")
+def ingest_cmd(
+    dicom_dir: Annotated[Path, typer.Argument(help="Folder of the DICOM export (recursive).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Dataset folder to write or grow.")
+    ] = Path("data/ingested"),
+    reports: Annotated[
+        Path | None,
+        typer.Option("--reports", help="Reports CSV (study_instance_uid|accession_number, text…)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes; 0 = all cores (default: ingest.workers).")
+    ] = None,
+    locate: Annotated[
+        str | None,
+        typer.Option("--locate", help="Print the export path of a quarantined file_key, only."),
+    ] = None,
+    track: Annotated[
+        bool, typer.Option("--track/--no-track", help="Log counts and the report to MLflow.")
+    ] = False,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """DICOM export → de-identified, B-mode-only dataset (salt from $MEDSSL_INGEST_SALT)."""
+    cfg = _params(params, set_, **{"ingest.workers": workers})
+    from medssl.stages.ingest import ingest
+    from medssl.stages.ingest import locate as locate_file
+
+    if locate is not None:
+        found = locate_file(dicom_dir, locate, cfg.ingest)
+        typer.echo(found if found is not None else f"no file of {dicom_dir} has key {locate}")
+        raise typer.Exit(0 if found is not None else 1)
+    with _tracked("ingest", cfg, out, track) as tracker:
+        result = ingest(dicom_dir, out, cfg.ingest, reports=reports, tracker=tracker)
+    typer.echo(result.describe())
+
+
 def _tracked(stage: str, cfg: Params, dataset: Path | None, track: bool):
     """The MLflow stage run (nested in the pipeline's parent run), or a no-op tracker."""
     from contextlib import nullcontext

@@ -32,6 +32,48 @@ class DataConfig(Section):
     workers: int = Field(0, ge=0, description="processes for image writing; 0 = all cores")
 
 
+class IngestConfig(Section):
+    """`medssl ingest`: DICOM export → de-identified dataset (docs/ingest.md)."""
+
+    name: str = Field("ingested", min_length=1, description="dataset.yaml name")
+    task: Literal["multilabel", "binary", "detection", "image-text"] = "multilabel"
+    classes: list[str] = Field(
+        default_factory=list, description="label columns created empty, for later annotation"
+    )
+    # paper 000 §3.1: B-mode only; exams kept by modality and report title
+    modalities: list[str] = Field(default_factory=lambda: ["US"])
+    scope_keywords: list[str] = Field(
+        default_factory=lambda: [
+            "abdomin", "abdomen", "renal", "rein", "kidney", "bladder", "vesic", "vessie",
+            "liver", "hepat", "foie", "urinar",
+        ],
+        description="accent/case-folded substrings of an in-scope title; [] = every title",
+    )  # fmt: skip
+    title_tags: list[str] = Field(
+        default_factory=lambda: ["StudyDescription", "SeriesDescription", "BodyPartExamined"],
+        description="DICOM keywords read as the exam title when the report has none",
+    )
+    keep_untitled: bool = Field(True, description="keep exams without any title (paper 000)")
+    exclude_doppler: bool = Field(True, description="drop colour-Doppler frames (flagged anyway)")
+    doppler_chroma: int = Field(60, ge=1, le=255, description="max channel difference of colour")
+    doppler_fraction: float = Field(0.01, gt=0, lt=1, description="colour share of the centre")
+    doppler_margin: float = Field(0.1, ge=0, lt=0.5, description="border ignored (bars, logos)")
+    mask_top_band: float = Field(
+        0.1, ge=0, description="US: blank the top band (<1: fraction of height, >=1: pixels)"
+    )
+    frame_step: int = Field(1, ge=1, description="keep every k-th frame of a cine")
+    max_frames: int = Field(0, ge=0, description="at most n frames per file (0 = all)")
+    keep_16bit: bool = Field(False, description="grey images with >8 bits → 16-bit PNG")
+    png_compress_level: int = Field(1, ge=0, le=9)
+    date_policy: Literal["shift", "drop"] = "shift"
+    date_shift_days: int = Field(365, ge=1, description="per-patient shift in ±[1, N] days")
+    salt_env: str = Field("MEDSSL_INGEST_SALT", description="env var holding the secret salt")
+    salt_file: str | None = Field(None, description="file holding the salt (env var wins)")
+    report_language: str = Field("fr", description="language of reports without one")
+    commit_every: int = Field(2000, ge=1, description="files per atomic manifest commit")
+    workers: int = Field(0, ge=0, description="processes; 0 = all cores")
+
+
 class ValidateConfig(Section):
     """`medssl validate`: thresholds of the image-file checks and of the report."""
 
@@ -115,6 +157,7 @@ class Params(Section):
     """The whole params.yaml."""
 
     data: DataConfig = Field(default_factory=DataConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     split: SplitConfig = Field(default_factory=SplitConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
