@@ -37,6 +37,9 @@ models_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+from medssl.cli_pipeline import pipeline_app  # noqa: E402  (kfp loads inside its commands)
+
+app.add_typer(pipeline_app, name="pipeline")
 
 SetOption = Annotated[
     list[str] | None,

@@ -1,0 +1,32 @@
+"""Kubeflow Pipelines v2 components: one thin lightweight component per medssl stage, on the
+project image (`components.image.IMAGE`), with typed artifacts between steps.
+
+A body imports `medssl` inside (KFP ships only the function's source to the container) and calls
+a stage function from `medssl.stages` plus the small helpers of `medssl.orchestration`.
+No pretrain/tune stage exists yet: when `medssl.stages.pretrain` (and `tune`) land, their
+components go in `components/pretrain.py` (`tune.py`) and are exported here.
+"""
+
+from components.config import resolve_config
+from components.data import data
+from components.evaluate import evaluate
+from components.image import DEFAULT_IMAGE, IMAGE
+from components.register import register
+from components.split import split
+from components.tracking import finish_run, start_run
+from components.train import train
+from components.validate import validate
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "IMAGE",
+    "data",
+    "evaluate",
+    "finish_run",
+    "register",
+    "resolve_config",
+    "split",
+    "start_run",
+    "train",
+    "validate",
+]

@@ -1,0 +1,52 @@
+"""resolve-config: the run's params (defaults + `params` + scalar overrides), validated once."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def resolve_config(
+    params: dict,
+    data_size: str,
+    data_seed: int,
+    train_lr: float,
+    train_max_epochs: int,
+    train_max_steps: int,
+    train_backbone: str,
+    train_label_fraction: float,
+    train_seed: int,
+    register_margin: float,
+    register_model_name: str,
+) -> NamedTuple(
+    "ConfigOutputs", [("params", dict), ("data", dict), ("validate", dict), ("split", dict)]
+):
+    """The resolved params.yaml (`params` output) and the part each cached step reads; a bad
+    value fails here with a one-line error. train_max_steps 0 and register_model_name '' mean
+    none."""
+    from collections import namedtuple
+
+    from medssl.orchestration import params_argument, resolve_params, step_config
+
+    cfg = resolve_params(
+        params,
+        data_size=data_size,
+        data_seed=data_seed,
+        train_lr=train_lr,
+        train_max_epochs=train_max_epochs,
+        train_max_steps=train_max_steps,
+        train_backbone=train_backbone,
+        train_label_fraction=train_label_fraction,
+        train_seed=train_seed,
+        register_margin=register_margin,
+        register_model_name=register_model_name,
+    )
+    outputs = namedtuple("ConfigOutputs", ["params", "data", "validate", "split"])
+    return outputs(
+        params_argument(cfg),
+        step_config(cfg, "data"),
+        step_config(cfg, "validate"),
+        step_config(cfg, "split"),
+    )

@@ -1,0 +1,449 @@
+"""`medssl pipeline compile|run --local|submit`: the Kubeflow training pipeline (pipelines/
+training.py, a file of the repository, not of the installed package) from the command line.
+
+kfp is imported inside the commands so `medssl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+
+import typer
+
+from medssl.config import DEFAULT_PARAMS, Params, load_params
+from medssl.errors import ConfigError, MedsslError
+
+PIPELINE_FILE = Path("pipelines/training.py")
+DATA_PARAMS = ("data_repo", "data_rev", "data_path")
+IMAGE_ENV = "MEDSSL_IMAGE"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+pipeline_app = typer.Typer(
+    help="The Kubeflow training pipeline: compile it, run it locally, submit it to a cluster.",
+    no_args_is_help=True,
+)
+
+
+class SubmitError(MedsslError):
+    """The KFP API could not be reached or refused the request."""
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-S",
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a params.yaml value (repeatable), as in `dvc exp run -S`.",
+    ),
+]
+ParamsOption = Annotated[
+    Path, typer.Option("--params", help="params.yaml to read; built-in defaults if missing.")
+]
+PipelineFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pipeline-file",
+        help="The pipeline module (default: pipelines/training.py of the repository around "
+        "the working directory).",
+    ),
+]
+ImageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--image",
+        help=f"Container image of every step (default: ${IMAGE_ENV} or the published image).",
+    ),
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        metavar="NAME=VALUE",
+        help="A pipeline parameter (data_repo, train_lr, …) or a params.yaml key (train.lr) "
+        "(repeatable).",
+    ),
+]
+DataRepoOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data-repo", help="Git repository of the DVC-tracked dataset (URL or local path)."
+    ),
+]
+DataRevOption = Annotated[
+    str | None, typer.Option("--data-rev", help="Git revision (commit) of the dataset.")
+]
+DataPathOption = Annotated[
+    str | None, typer.Option("--data-path", help="Dataset folder inside the data repository.")
+]
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def find_pipeline_file(explicit: Path | None = None, cwd: Path | None = None) -> Path:
+    """`explicit`, else pipelines/training.py in the working directory or a parent of it."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: pipeline file not found")
+        return explicit.resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / PIPELINE_FILE
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{PIPELINE_FILE} not found in {start} or its parents: run from the medssl repository "
+        "or pass --pipeline-file"
+    )
+
+
+def load_pipeline(path: Path, image: str | None = None) -> ModuleType:
+    """Import the pipeline module fresh (components read MEDSSL_IMAGE when they are defined)."""
+    if image:
+        os.environ[IMAGE_ENV] = image
+    root = str(path.parent.parent)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)  # its components/ package wins over any other
+    for name in [n for n in sys.modules if n == "components" or n.startswith("components.")]:
+        del sys.modules[name]
+    spec = importlib.util.spec_from_file_location("medssl_pipeline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+def pipeline_arguments(
+    cfg: Params,
+    *,
+    data_repo: str | None = None,
+    data_rev: str | None = None,
+    data_path: str | None = None,
+) -> dict[str, Any]:
+    """Every pipeline parameter from a resolved config (so the run uses exactly `cfg`)."""
+    from medssl.orchestration import params_argument, scalar_defaults
+
+    args: dict[str, Any] = {"params": params_argument(cfg), **scalar_defaults(cfg)}
+    for name, value in zip(DATA_PARAMS, (data_repo, data_rev, data_path), strict=True):
+        if value is not None:
+            args[name] = value
+    return args
+
+
+def split_params(items: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """`--param` values → (params.yaml overrides, data parameters). A scalar pipeline parameter
+    (train_lr=…) is the same as its params.yaml key (-S train.lr=…)."""
+    from medssl.orchestration import SCALAR_PARAMS
+
+    overrides: list[str] = []
+    data: dict[str, str] = {}
+    for text in items or []:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--param {text!r}: expected NAME=VALUE")
+        if "." in name:
+            overrides.append(f"{name}={value}")
+        elif name in SCALAR_PARAMS:
+            overrides.append(f"{SCALAR_PARAMS[name]}={value}")
+        elif name in DATA_PARAMS:
+            data[name] = value
+        else:
+            known = ", ".join([*DATA_PARAMS, *SCALAR_PARAMS])
+            raise ConfigError(f"--param {name!r}: unknown pipeline parameter (known: {known})")
+    return overrides, data
+
+
+def check_cron(schedule: str) -> str:
+    """A KFP cron expression: 6 fields (second minute hour day-of-month month day-of-week)."""
+    fields = schedule.split()
+    if len(fields) != 6:
+        raise ConfigError(
+            f"--schedule {schedule!r}: a KFP cron has 6 fields (second minute hour day month "
+            f"weekday), got {len(fields)}; e.g. '0 0 3 * * *' for 03:00 every day"
+        )
+    return " ".join(fields)
+
+
+def _git_out(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def _resolve(
+    params: Path,
+    set_: list[str] | None,
+    param: list[str] | None,
+    data_repo: str | None,
+    data_rev: str | None,
+    data_path: str | None,
+    *,
+    local: bool,
+) -> dict[str, Any]:
+    """Pipeline arguments from params.yaml + overrides. --data-rev without a repository means
+    this repository: its working copy for a local run, its `origin` remote for a cluster."""
+    overrides, data = split_params(param)
+    cfg = load_params(params, [*(set_ or []), *overrides])
+    data_repo = data_repo if data_repo is not None else data.get("data_repo")
+    data_rev = data_rev if data_rev is not None else data.get("data_rev")
+    data_path = data_path if data_path is not None else data.get("data_path")
+    if data_rev and not data_repo:
+        if local:
+            data_repo, source = _git_out("rev-parse", "--show-toplevel"), "this repository"
+        else:
+            data_repo, source = _git_out("remote", "get-url", "origin"), "git remote origin"
+        if not data_repo:
+            raise ConfigError(f"--data-rev needs --data-repo (no {source} here)")
+        typer.echo(f"data repository: {data_repo} ({source})")
+    return pipeline_arguments(cfg, data_repo=data_repo, data_rev=data_rev, data_path=data_path)
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+@pipeline_app.command("compile")
+def compile_cmd(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Pipeline spec to write (default: pipelines/compiled/training.yaml).",
+        ),
+    ] = None,
+    image: ImageOption = None,
+    pipeline_file: PipelineFileOption = None,
+) -> None:
+    """Compile the pipeline to KFP YAML (deterministic: commit the result)."""
+    module = load_pipeline(find_pipeline_file(pipeline_file), image)
+    path = module.compile_pipeline(out or module.DEFAULT_OUTPUT)
+    from components.image import IMAGE
+
+    typer.echo(f"compiled {module.PIPELINE_NAME} (image {IMAGE}) → {path}")
+
+
+@pipeline_app.command("run")
+def run_cmd(
+    local: Annotated[
+        bool, typer.Option("--local", help="Run here with kfp.local (the only mode).")
+    ] = False,
+    root: Annotated[
+        Path, typer.Option("--root", help="Folder for the steps' outputs (pipeline root).")
+    ] = Path(".kfp-local"),
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse cached step outputs under --root.")
+    ] = True,
+    data_repo: DataRepoOption = None,
+    data_rev: DataRevOption = None,
+    data_path: DataPathOption = None,
+    param: ParamOption = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+    pipeline_file: PipelineFileOption = None,
+) -> None:
+    """Run the pipeline here with kfp.local (ignores resource and Kubernetes settings).
+
+    The same DAG as on a cluster, on params.yaml + overrides (e.g. `-S data.size=tiny`), one
+    process per step (kfp.local SubprocessRunner) in this Python environment. The local runner
+    ignores resource, GPU and Kubernetes settings (node selector, toleration,
+    the credentials secret: MLflow and S3 settings come from this shell's environment) and
+    refuses container components; retries, caching and the exit handler work as on a cluster.
+    """
+    if not local:
+        raise ConfigError("only `--local` runs here; use `medssl pipeline submit` for a cluster")
+    arguments = _resolve(params, set_, param, data_repo, data_rev, data_path, local=True)
+    module = load_pipeline(find_pipeline_file(pipeline_file))
+    from kfp import local as kfp_local
+
+    from medssl.tracking.runs import tracking_uri
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri = tracking_uri()  # one store for every step process
+    root = root.resolve()
+    kfp_local.init(
+        runner=kfp_local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=cache,
+        raise_on_error=True,
+    )
+    before = set(root.iterdir()) if root.is_dir() else set()
+    start = time.perf_counter()
+    try:
+        module.training(**arguments)
+        failure = None
+    except RuntimeError as exc:
+        failure = _ANSI.sub("", str(exc)).splitlines()[0]
+    run_dirs = sorted(p for p in set(root.iterdir()) - before if p.is_dir())
+    where = run_dirs[-1] if run_dirs else root
+    typer.echo(f"outputs: {where}")
+    typer.echo(f"MLflow: {uri}")
+    if failure:
+        seconds = time.perf_counter() - start
+        typer.secho(f"error: pipeline failed after {seconds:.0f} s: {failure}", err=True, fg="red")
+        raise typer.Exit(1)
+    registered = _register_outputs(where)
+    if registered:
+        typer.echo(
+            f"registered version {registered.get('version')} ({registered.get('decision')}): "
+            f"{registered.get('model_uri')}"
+        )
+    typer.echo(f"pipeline succeeded in {time.perf_counter() - start:.0f} s")
+
+
+def _register_outputs(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "register" / "executor_output.json"
+    try:
+        return json.loads(path.read_text()).get("parameterValues", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+@pipeline_app.command("submit")
+def submit_cmd(
+    host: Annotated[
+        str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8888.")
+    ],
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="KFP experiment (created when missing).")
+    ] = "medssl",
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule",
+            metavar="CRON6",
+            help="Create a recurring run on this 6-field cron (sec min hour day month weekday).",
+        ),
+    ] = None,
+    data_rev: DataRevOption = None,
+    data_repo: DataRepoOption = None,
+    data_path: DataPathOption = None,
+    param: ParamOption = None,
+    image: ImageOption = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Run display name.")] = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option("--cache/--no-cache", help="Override every step's compiled caching setting."),
+    ] = None,
+    package: Annotated[
+        Path | None, typer.Option("--package", help="Also keep the compiled spec here.")
+    ] = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+    pipeline_file: PipelineFileOption = None,
+) -> None:
+    """Compile the pipeline and submit a run (or a recurring run) to a KFP cluster.
+
+    With --schedule a recurring run is created instead of a one-off run. The last line printed
+    is `run: <url>`."""
+    cron = check_cron(schedule) if schedule is not None else None
+    arguments = _resolve(params, set_, param, data_repo, data_rev, data_path, local=False)
+    module = load_pipeline(find_pipeline_file(pipeline_file), image)
+    with tempfile.TemporaryDirectory(prefix="medssl-submit-") as tmp:
+        spec = module.compile_pipeline(package or Path(tmp) / "training.yaml")
+        if cache is not None:
+            set_caching(spec, cache)
+        typer.echo(f"compiled {module.PIPELINE_NAME} → {spec}")
+        host = host.rstrip("/")
+        _probe(host)
+        kind, run_id, url = _submit(host, experiment, spec, arguments, cron, run_name)
+    typer.echo(f"submitted {kind} {run_id} to experiment {experiment!r}")
+    typer.echo(f"run: {url}")
+
+
+def set_caching(spec: Path, enabled: bool) -> None:
+    """Turn caching on or off for every task of a compiled spec. (kfp.Client's enable_caching
+    only reaches the root DAG's tasks, not the steps inside the exit handler.)"""
+    import yaml
+
+    docs = list(yaml.safe_load_all(spec.read_text()))
+    pipeline = docs[0]
+    for comp in [pipeline["root"], *pipeline.get("components", {}).values()]:
+        for task in comp.get("dag", {}).get("tasks", {}).values():
+            task["cachingOptions"] = {"enableCache": True} if enabled else {}
+    spec.write_text(yaml.safe_dump_all(docs, sort_keys=True))
+
+
+def _probe(host: str, timeout: float = 10.0) -> None:
+    """One request to the KFP health endpoint; a one-line SubmitError when it is unreachable
+    (kfp.Client itself retries for half a minute and then prints a traceback)."""
+    url = f"{host}/apis/v2beta1/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        raise SubmitError(f"KFP API at {host}: HTTP {exc.code} from {url}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SubmitError(f"cannot reach the KFP API at {host} ({reason})") from None
+
+
+def _submit(
+    host: str,
+    experiment: str,
+    spec: Path,
+    arguments: dict[str, Any],
+    cron: str | None,
+    run_name: str | None,
+) -> tuple[str, str, str]:
+    """(kind, id, UI url) of the created run or recurring run."""
+    import kfp
+    import kfp_server_api
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2+"
+            client = kfp.Client(host=host)
+        exp = client.create_experiment(name=experiment)
+        if cron:
+            name = run_name or f"medssl-training {cron}"
+            rr = client.create_recurring_run(
+                experiment_id=exp.experiment_id,
+                job_name=name,
+                cron_expression=cron,
+                params=arguments,
+                pipeline_package_path=str(spec),
+                max_concurrency=1,
+                no_catchup=True,
+            )
+            return (
+                "recurring run",
+                rr.recurring_run_id,
+                f"{host}/#/recurringrun/details/{rr.recurring_run_id}",
+            )
+        rev = arguments.get("data_rev")
+        name = run_name or (f"medssl-training {rev[:12]}" if rev else None)
+        result = client.create_run_from_pipeline_package(
+            str(spec),
+            arguments=arguments,
+            run_name=name,
+            experiment_id=exp.experiment_id,
+        )
+        return "run", result.run_id, f"{host}/#/runs/details/{result.run_id}"
+    except kfp_server_api.ApiException as exc:
+        body = " ".join(str(exc.body or "").split())[:300]
+        raise SubmitError(f"KFP API error {exc.status} {exc.reason}: {body}") from None
+    except Exception as exc:  # urllib3 connection errors and the like, after the probe passed
+        if isinstance(exc, MedsslError):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        raise SubmitError(f"submitting to {host} failed ({type(exc).__name__}: {text})") from None
