@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export PATH := $(BIN):$(PATH)
+PY_SRC := src tests benchmarks components pipelines
 
-.PHONY: help venv demo test lint format bench clean
+.PHONY: help venv demo test lint format bench image clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,23 +37,27 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  source .venv/bin/activate && dvc exp run -S train.lr=0.0003 && medssl models compare 1 2"
 
 test: venv ## lint, format check and the test suite
-	ruff check src tests benchmarks
-	ruff format --check src tests benchmarks
+	ruff check $(PY_SRC)
+	ruff format --check $(PY_SRC)
 	pytest
 
 lint: venv ## ruff lint + format check
-	ruff check src tests benchmarks
-	ruff format --check src tests benchmarks
+	ruff check $(PY_SRC)
+	ruff format --check $(PY_SRC)
 
 format: venv ## apply ruff fixes and formatting
-	ruff check --fix src tests benchmarks
-	ruff format src tests benchmarks
+	ruff check --fix $(PY_SRC)
+	ruff format $(PY_SRC)
 
 bench: venv ## run the benchmarks (JSON to benchmarks/results/)
 	@mkdir -p benchmarks/results
 	python benchmarks/validate_tables.py | tee benchmarks/results/validate_tables.json
 	python benchmarks/train_throughput.py | tee benchmarks/results/train_throughput.json
 	python benchmarks/synth_learnability.py | tee benchmarks/results/synth_learnability.json
+
+IMAGE ?= medssl:dev
+image: ## build the container image (needs a Docker engine; IMAGE=name:tag)
+	docker build -t $(IMAGE) --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 clean: ## remove generated data and reports (keeps .venv)
 	rm -rf data reports models .cache .pytest_cache
