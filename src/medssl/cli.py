@@ -18,6 +18,8 @@ import typer
 from typer.exceptions import TyperException
 
 from medssl import __version__
+from medssl.cli_options import ParamsOption, SetOption
+from medssl.cli_pipeline import pipeline_app
 from medssl.config import DEFAULT_PARAMS, Params, load_params
 from medssl.errors import MedsslError
 
@@ -37,19 +39,8 @@ models_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
-from medssl.cli_pipeline import pipeline_app  # noqa: E402  (kfp loads inside its commands)
+app.add_typer(pipeline_app, name="pipeline")  # kfp is imported inside its commands
 
-app.add_typer(pipeline_app, name="pipeline")
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "-S",
-        "--set",
-        metavar="SECTION.KEY=VALUE",
-        help="Override a params.yaml value (repeatable), as in `dvc exp run -S`.",
-    ),
-]
 TrackOption = Annotated[
     bool,
     typer.Option(
@@ -62,10 +53,6 @@ ModelNameOption = Annotated[
     typer.Option(
         "--name", help="Registered model name (default: register.model_name or abdominal-organs)."
     ),
-]
-ParamsOption = Annotated[
-    Path,
-    typer.Option("--params", help="params.yaml to read; built-in defaults if it does not exist."),
 ]
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
+from medssl.cli_options import ParamsOption, SetOption
 from medssl.config import DEFAULT_PARAMS, Params, load_params
 from medssl.errors import ConfigError, MedsslError
 
@@ -41,18 +42,6 @@ class SubmitError(MedsslError):
     """The KFP API could not be reached or refused the request."""
 
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "-S",
-        "--set",
-        metavar="SECTION.KEY=VALUE",
-        help="Override a params.yaml value (repeatable), as in `dvc exp run -S`.",
-    ),
-]
-ParamsOption = Annotated[
-    Path, typer.Option("--params", help="params.yaml to read; built-in defaults if missing.")
-]
 PipelineFileOption = Annotated[
     Path | None,
     typer.Option(
