@@ -10,11 +10,6 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -24,13 +19,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+import mlflow_server as mlflow_server_proc
 from medssl.config import load_params
 from medssl.tracking import stage_run
 from medssl.tracking.registry import CHALLENGER, log_and_register
-from s3server import VENV_BIN, commit_all, init_repo, s3_server, sh, tree_digest
+from s3server import commit_all, init_repo, s3_server, sh, tree_digest
 
 DATASET = "data/abdominal-us"
-SERVER_START_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +87,6 @@ def _copy_subset(archive: Path, dest: Path, exams: int) -> None:
 # MLflow tracking server with S3 artifacts
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _mlflow_server(s3, tmp_path_factory):
     """`mlflow server` with a sqlite backend store and artifacts in s3://<bucket>/mlflow, started
@@ -105,60 +94,15 @@ def _mlflow_server(s3, tmp_path_factory):
     the S3 credentials and endpoint."""
     root = tmp_path_factory.mktemp("mlflow-s3")
     bucket = s3.make_bucket("mlflow")
-    port = _free_port()
-    env = {
-        k: v for k, v in s3.subprocess_env().items() if not k.startswith("MLFLOW_") or k == "PATH"
-    }
-    env["MLFLOW_S3_ENDPOINT_URL"] = s3.endpoint
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner process
-    log = (root / "server.log").open("wb")
-    cmd = [
-        str(VENV_BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        f"s3://{bucket}/mlflow",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield proc, f"http://127.0.0.1:{port}", root / "server.log", bucket
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # the server and its uvicorn worker
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+    env = {**s3.subprocess_env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
+    with mlflow_server_proc.start(root, f"s3://{bucket}/mlflow", env) as server:
+        yield server, bucket
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(_mlflow_server):
-    proc, uri, log, bucket = _mlflow_server
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return uri, bucket
-        except OSError:
-            time.sleep(0.25)
-    pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
+    server, bucket = _mlflow_server
+    return server.wait_healthy(), bucket
 
 
 class Tiny(torch.nn.Module):

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,6 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+import mlflow_server
 from medssl.config import RegisterConfig, load_params
 from medssl.errors import ConfigError, MedsslError
 from medssl.tracking import NullTracker, Tracker, stage_run
@@ -44,76 +41,23 @@ from medssl.tracking.runs import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER_START_S = 120
 
 
 # ---------------------------------------------------------------------------------------------
 # stores
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _server_proc(tmp_path_factory):
+def _server(tmp_path_factory):
     """Start `mlflow server` as soon as this module starts; `server_uri` waits for it."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner process
-    log = (root / "server.log").open("wb")
-    cmd = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield proc, f"http://127.0.0.1:{port}", root / "server.log"
-    finally:
-        # the server and its uvicorn worker share the session/process group started above
-        with_group = [signal.SIGTERM, signal.SIGKILL]
-        for sig in with_group:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+    with mlflow_server.start(root, str(root / "artifacts"), dict(os.environ)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def server_uri(_server_proc):
-    proc, uri, log = _server_proc
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return uri
-        except OSError:
-            time.sleep(0.25)
-    pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
+def server_uri(_server):
+    return _server.wait_healthy()
 
 
 @pytest.fixture(scope="module")
