@@ -27,3 +27,15 @@ def tiny_archive(tmp_path_factory, tiny_params) -> Path:
     out = tmp_path_factory.mktemp("archive") / "abdominal-us"
     synth(out, tiny_params.data, tiny_params.split, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on loopback for the module's tests (tests/s3server.py)."""
+    import logging
+
+    from s3server import s3_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
+    with s3_server() as server:
+        yield server

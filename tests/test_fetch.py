@@ -3,7 +3,6 @@ git revision comes back as it was at that revision, from the remote, with its DV
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -11,16 +10,9 @@ import pytest
 
 from medssl.errors import DataContractError
 from medssl.stages.fetch import TAG_DVC_HASH, TAG_REV, FetchResult, fetch_dataset
-from s3server import commit_all, init_repo, s3_server, sh, tree_digest
+from s3server import commit_all, init_repo, sh, tree_digest
 
 DATASET = "data/abdominal-us"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
-    with s3_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

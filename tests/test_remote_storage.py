@@ -7,7 +7,6 @@ The MLflow server starts when this module starts (~15 s to come up) while the DV
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -23,16 +22,9 @@ import mlflow_server as mlflow_server_proc
 from medssl.config import load_params
 from medssl.tracking import stage_run
 from medssl.tracking.registry import CHALLENGER, log_and_register
-from s3server import commit_all, init_repo, s3_server, sh, tree_digest
+from s3server import commit_all, init_repo, sh, tree_digest
 
 DATASET = "data/abdominal-us"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
-    with s3_server() as server:
-        yield server
 
 
 # ---------------------------------------------------------------------------------------------
