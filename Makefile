@@ -54,6 +54,7 @@ bench: venv ## run the benchmarks (JSON to benchmarks/results/)
 	python benchmarks/validate_tables.py | tee benchmarks/results/validate_tables.json
 	python benchmarks/train_throughput.py | tee benchmarks/results/train_throughput.json
 	python benchmarks/synth_learnability.py | tee benchmarks/results/synth_learnability.json
+	python benchmarks/ingest_throughput.py | tee benchmarks/results/ingest_throughput.json
 
 IMAGE ?= medssl:dev
 image: ## build the container image (needs a Docker engine; IMAGE=name:tag)

@@ -25,7 +25,7 @@ def resolve_config(
 ):
     """The resolved params.yaml (`params` output) and the part each cached step reads; a bad
     value fails here with a one-line error. train_max_steps 0 and register_model_name '' mean
-    none."""
+    the defaults (no budget; abdominal-organs)."""
     from collections import namedtuple
 
     from medssl.orchestration import params_argument, resolve_params, step_config

@@ -36,7 +36,13 @@ SECRET_KEYS = [
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
 ]
-SECRET_KEYS_OPTIONAL = ["MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"]  # on-prem MinIO only
+# on-prem MinIO endpoints; GCS through its S3 API needs boto3's checksums off (gke overlay)
+SECRET_KEYS_OPTIONAL = [
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION",
+]
 GPU_POOL_LABEL = ("medssl.io/pool", "gpu")
 GPU_RESOURCE = "nvidia.com/gpu"
 # Retries for what can fail transiently (network, MLflow server, node preemption); a failing
@@ -90,7 +96,7 @@ def training(
 ):
     """data_repo/data_rev/data_path: the DVC-tracked dataset (git URL, commit, folder); an empty
     data_repo synthesizes the embedded archive (data.size, data.seed). train_max_steps 0: no step
-    budget; register_model_name '': the task name."""
+    budget; register_model_name '': abdominal-organs."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     finish = c.finish_run(kfp_run_id=run_id, params=params)
     _step(finish, cpu="250m", memory="1Gi", cache=False, retry=True)

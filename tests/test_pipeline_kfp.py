@@ -36,13 +36,17 @@ COMPILED = ROOT / "pipelines" / "compiled" / "training.yaml"
 PIPELINE = ROOT / "pipelines" / "training.py"
 MEDSSL = str(Path(sys.executable).parent / "medssl")
 REGENERATE = "regenerate with `medssl pipeline compile` (MEDSSL_IMAGE unset) and commit it"
-SECRET_KEYS = {
+REQUIRED_SECRET_KEYS = {
     "MLFLOW_TRACKING_URI",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
+}
+SECRET_KEYS = REQUIRED_SECRET_KEYS | {
     "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ENDPOINT_URL",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION",
 }
 STEPS = [
     "resolve-config",
@@ -152,8 +156,8 @@ def test_spec_gpu_secret_retry_and_cache_settings():
                 assert pair["secretKey"] == pair["envVar"]
                 keys[pair["secretKey"]] = entry["optional"]
         assert set(keys) == SECRET_KEYS, name
-        assert keys["MLFLOW_S3_ENDPOINT_URL"] and keys["AWS_ENDPOINT_URL"], name
-        assert not keys["MLFLOW_TRACKING_URI"], name
+        required = {k for k, optional in keys.items() if not optional}
+        assert required == REQUIRED_SECRET_KEYS, name
 
     # retries with backoff where failures can be transient; none on verdicts about the inputs
     for step in ("data", "start-run", "train", "evaluate", "register", "finish-run"):

@@ -147,7 +147,7 @@ class EvaluateConfig(Section):
 class RegisterConfig(Section):
     """`medssl register`: MLflow model registry and the promotion gate."""
 
-    model_name: str | None = Field(None, description="registered model; default: the task name")
+    model_name: str | None = Field(None, description="registered model; default: abdominal-organs")
     experiment: str = "medssl"
     metric: str = Field("f1_weighted", description="test metric the gate compares")
     margin: float = Field(0.0, ge=0, description="challenger must beat champion by this much")

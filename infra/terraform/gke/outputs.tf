@@ -15,7 +15,7 @@ output "get_credentials" {
 }
 
 output "artifact_bucket" {
-  description = "Bucket for MLflow artifacts and the DVC remote (infra/k8s/overlays/gke/config.env)."
+  description = "Bucket for MLflow artifacts and the DVC remote (the bucket in infra/k8s/overlays/gke/kustomization.yaml)."
   value       = google_storage_bucket.artifacts.name
 }
 
