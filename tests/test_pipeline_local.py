@@ -67,6 +67,12 @@ def test_run_local_end_to_end_registers_the_model(tmp_path):
     run_dir = Path(proc.stdout.split("outputs: ", 1)[1].splitlines()[0])
     assert run_dir.parent == tmp_path / "kfp"
 
+    # the terminal gets one line per step event; the steps' full output is in the log
+    assert "Task 'register' finished with status SUCCESS" in proc.stdout
+    assert '"outputFile"' not in out and "have no effect" not in out
+    log = Path(proc.stdout.split("log: ", 1)[1].splitlines()[0]).read_text()
+    assert '"outputFile"' in log and "have no effect in the current local runner" in log
+
     # typed artifacts on disk: the model folder, the HTML reports, the test metrics
     assert (run_dir / "train" / "model" / "model.pt").is_file()
     assert "<table>" in (run_dir / "validate" / "report").read_text()

@@ -6,7 +6,9 @@ kfp is imported inside the commands so `medssl --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -17,9 +19,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -31,6 +34,8 @@ PIPELINE_FILE = Path("pipelines/training.py")
 DATA_PARAMS = ("data_repo", "data_rev", "data_path")
 IMAGE_ENV = "MEDSSL_IMAGE"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# kfp.local's lines that say where a run is (everything else goes to the log only)
+_STATUS_LINE = re.compile(r"Executing task|Task .* finished with status|Pipeline .* finished with")
 
 pipeline_app = typer.Typer(
     help="The Kubeflow training pipeline: compile it, run it locally, submit it to a cluster.",
@@ -250,6 +255,12 @@ def run_cmd(
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
     pipeline_file: PipelineFileOption = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show every step's full output (always kept in ROOT/logs/)."
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline here with kfp.local (ignores resource and Kubernetes settings).
 
@@ -276,15 +287,18 @@ def run_cmd(
         raise_on_error=True,
     )
     before = set(root.iterdir()) if root.is_dir() else set()
+    log_path = root / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
     start = time.perf_counter()
     try:
-        module.training(**arguments)
+        with _step_output(log_path, verbose):
+            module.training(**arguments)
         failure = None
     except RuntimeError as exc:
         failure = _ANSI.sub("", str(exc)).splitlines()[0]
-    run_dirs = sorted(p for p in set(root.iterdir()) - before if p.is_dir())
+    run_dirs = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and p.name != "logs")
     where = run_dirs[-1] if run_dirs else root
     typer.echo(f"outputs: {where}")
+    typer.echo(f"log: {log_path}")
     typer.echo(f"MLflow: {uri}")
     if failure:
         seconds = time.perf_counter() - start
@@ -297,6 +311,50 @@ def run_cmd(
             f"{registered.get('model_uri')}"
         )
     typer.echo(f"pipeline succeeded in {time.perf_counter() - start:.0f} s")
+
+
+class _StepOutput(io.TextIOBase):
+    """sys.stdout during a local run: every line to the log file; to the terminal only the
+    step status lines, or everything when verbose."""
+
+    def __init__(self, log: TextIO, terminal: TextIO, verbose: bool) -> None:
+        self._log, self._terminal, self._verbose = log, terminal, verbose
+        self._color = terminal.isatty()
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._log.write(_ANSI.sub("", text))
+        if self._verbose:
+            self._terminal.write(text)
+            return len(text)
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            if _STATUS_LINE.search(line):
+                self._terminal.write((line if self._color else _ANSI.sub("", line)) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+        self._terminal.flush()
+
+
+@contextlib.contextmanager
+def _step_output(log_path: Path, verbose: bool) -> Iterator[None]:
+    """Route kfp.local's output (its logger, its warnings about settings the local runner ignores,
+    and every step's stdout/stderr) through _StepOutput."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", encoding="utf-8") as log, warnings.catch_warnings():
+        if not verbose:
+            warnings.showwarning = lambda message, category, filename, lineno, *_: log.write(
+                warnings.formatwarning(message, category, filename, lineno)
+            )
+        terminal = sys.stdout
+        sys.stdout = _StepOutput(log, terminal, verbose)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stdout = terminal
 
 
 def _register_outputs(run_dir: Path) -> dict[str, Any]:
