@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from medssl import __version__
 from medssl.config import load_params
 from medssl.orchestration import (
     TAG_KFP_RUN,
@@ -129,6 +130,8 @@ def test_pipeline_run_helpers_open_and_close_the_parent(tmp_path, monkeypatch):
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING"
     assert run.data.tags["medssl.data.rev"] == "abc" and "other" not in run.data.tags
+    assert run.data.tags["medssl.version"] == __version__
+    assert run.data.tags["medssl.kind"] == "pipeline"
     assert finish_pipeline_run("job-1", "kfp-test", "SUCCEEDED") == "FINISHED"
     assert client.get_run(run_id).info.status == "FINISHED"
     # a pipeline that failed before it had a parent run still gets one, FAILED

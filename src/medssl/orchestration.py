@@ -99,12 +99,8 @@ def params_argument(params: Params) -> dict[str, Any]:
 def resolve_params(params: Mapping[str, Any] | None = None, **scalars: Any) -> Params:
     """The run's config: built-in defaults, then the sections of `params` (key by key), then the
     scalar pipeline parameters (sentinels mean None). One-line ConfigError when invalid."""
-    raw = Params().dump()
-    for section, values in (params or {}).items():
-        if isinstance(values, Mapping) and isinstance(raw.get(section), dict):
-            raw[section].update(values)
-        else:
-            raw[section] = values
+    # load_params lays the file over the defaults and gives the one-line errors of the CLI
+    raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (params or {}).items()}
     for name, value in scalars.items():
         key = SCALAR_PARAMS.get(name)
         if key is None:
@@ -113,7 +109,6 @@ def resolve_params(params: Mapping[str, Any] | None = None, **scalars: Any) -> P
             value = None
         section, field = key.split(".")
         raw.setdefault(section, {})[field] = value
-    # load_params gives the one-line error messages of the CLI
     with tempfile.TemporaryDirectory(prefix="medssl-params-") as tmp:
         path = Path(tmp) / "params.yaml"
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -363,12 +358,10 @@ def pipeline_run_env(parent_run_id: str) -> Iterator[None]:
 def start_pipeline_run(kfp_run_id: str, params: Params, data_tags: Mapping[str, str]) -> str:
     """Create the MLflow parent run of a KFP pipeline run (tagged with the KFP run id and the data
     revision, the resolved config as params); its id. Empty when tracking is off."""
-    from medssl import __version__
     from medssl.tracking.runs import (
-        TAG_COMMIT,
         TAG_KIND,
-        TAG_VERSION,
         MlflowTracker,
+        _base_tags,
         client,
         experiment_id,
         git_commit,
@@ -380,10 +373,9 @@ def start_pipeline_run(kfp_run_id: str, params: Params, data_tags: Mapping[str, 
     mc = client()
     exp = experiment_id(mc, params.register_.experiment)
     data = {k: str(v) for k, v in data_tags.items() if k.startswith("medssl.data.")}
-    tags = {TAG_VERSION: __version__, **data, TAG_KIND: "pipeline", TAG_KFP_RUN: kfp_run_id}
-    commit = git_commit()  # the image has no repository: the data revision is in data_tags
-    if commit:
-        tags[TAG_COMMIT] = tags["mlflow.source.git.commit"] = commit
+    # what stage_run records on a parent (version, user, commit: the image has no repository,
+    # the data revision is in data_tags)
+    tags = {**_base_tags(git_commit(), None), **data, TAG_KIND: "pipeline", TAG_KFP_RUN: kfp_run_id}
     run = mc.create_run(exp, run_name=f"kfp-{kfp_run_id[:12]}", tags=tags)
     MlflowTracker(mc, run.info.run_id, stage="pipeline").log_params(params.dump())
     print(f"MLflow parent run {run.info.run_id} (experiment {params.register_.experiment!r})")
