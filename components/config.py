@@ -26,23 +26,12 @@ def resolve_config(
     """The resolved params.yaml (`params` output) and the part each cached step reads; a bad
     value fails here with a one-line error. train_max_steps 0 and register_model_name '' mean
     the defaults (no budget; abdominal-organs)."""
+    scalars = {name: value for name, value in locals().items() if name != "params"}
     from collections import namedtuple
 
     from medssl.orchestration import params_argument, resolve_params, step_config
 
-    cfg = resolve_params(
-        params,
-        data_size=data_size,
-        data_seed=data_seed,
-        train_lr=train_lr,
-        train_max_epochs=train_max_epochs,
-        train_max_steps=train_max_steps,
-        train_backbone=train_backbone,
-        train_label_fraction=train_label_fraction,
-        train_seed=train_seed,
-        register_margin=register_margin,
-        register_model_name=register_model_name,
-    )
+    cfg = resolve_params(params, **scalars)  # it refuses a name it does not know
     outputs = namedtuple("ConfigOutputs", ["params", "data", "validate", "split"])
     return outputs(
         params_argument(cfg),

@@ -21,7 +21,7 @@ import components as c  # noqa: E402
 from kfp import dsl, kubernetes  # noqa: E402
 
 from medssl.config import load_params  # noqa: E402
-from medssl.orchestration import params_argument, scalar_defaults  # noqa: E402
+from medssl.orchestration import SCALAR_PARAMS, params_argument, scalar_defaults  # noqa: E402
 
 PIPELINE_NAME = "medssl-training"
 DEFAULT_OUTPUT = ROOT / "pipelines" / "compiled" / "training.yaml"
@@ -97,24 +97,13 @@ def training(
     """data_repo/data_rev/data_path: the DVC-tracked dataset (git URL, commit, folder); an empty
     data_repo synthesizes the embedded archive (data.size, data.seed). train_max_steps 0: no step
     budget; register_model_name '': abdominal-organs."""
+    scalars = {name: value for name, value in locals().items() if name in SCALAR_PARAMS}
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     finish = c.finish_run(kfp_run_id=run_id, params=params)
     _step(finish, cpu="250m", memory="1Gi", cache=False, retry=True)
 
     with dsl.ExitHandler(finish, name="steps"):
-        config = c.resolve_config(
-            params=params,
-            data_size=data_size,
-            data_seed=data_seed,
-            train_lr=train_lr,
-            train_max_epochs=train_max_epochs,
-            train_max_steps=train_max_steps,
-            train_backbone=train_backbone,
-            train_label_fraction=train_label_fraction,
-            train_seed=train_seed,
-            register_margin=register_margin,
-            register_model_name=register_model_name,
-        )
+        config = c.resolve_config(params=params, **scalars)
         _step(config, cpu="250m", memory="1Gi", cache=True, retry=False)
         resolved = config.outputs["params"]
 
