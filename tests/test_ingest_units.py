@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset as DicomDataset
 from pydicom.pixels import apply_color_lut, apply_voi_lut
 
@@ -22,6 +23,7 @@ from medssl.dicom.deid import (
     scrub_text,
 )
 from medssl.dicom.pixels import display, frame_indices, grey_display, mask_top_band, window
+from medssl.dicom.reader import Settings, convert_file
 from medssl.dicom.scope import DopplerRule, colour_fraction, is_doppler, title_scope
 from medssl.dicom.walk import walk
 from medssl.errors import ConfigError
@@ -68,7 +70,9 @@ def test_date_shift_per_patient_never_zero() -> None:
     shifts = {pseudo.shift_days(f"p{i}") for i in range(300)}
     assert 0 not in shifts and shifts <= set(range(-30, 31))
     assert len(shifts) > 40  # spread over both signs
-    assert pseudo.shift_date("20200115", "p1") == pseudo.shift_date("20200115", "p1")
+    # the shift comes from the salt alone (another instance agrees) and is never 0
+    again = Pseudonymizer(SALT, shift_days=30).shift_date("20200115", "p1")
+    assert pseudo.shift_date("20200115", "p1") == again != "2020-01-15"
     d1, d2 = pseudo.shift_date("20200115", "p1"), pseudo.shift_date("20200116", "p1")
     assert (np.datetime64(d2) - np.datetime64(d1)).astype(int) == 1  # intervals kept
     assert pseudo.shift_date("", "p1") is None and pseudo.shift_date("garbage", "p1") is None
@@ -195,6 +199,21 @@ def test_frame_sampling_and_top_band() -> None:
     assert rows == 10 and masked[:10].max() == 0 and masked[10:].min() == 200
     assert mask_top_band(img, 25)[1] == 25 and mask_top_band(img, 0)[1] == 0
     assert img.min() == 200  # the input is left alone
+
+
+def test_convert_keeps_16bit_grey(tmp_path: Path) -> None:
+    # RG3 (12-bit CR) with keep_16bit: a 16-bit PNG holding exactly the display pixels
+    src = data_dir() / "RG3_UNCR.dcm"
+    job = {"file": src.name, "file_key": "f1", "modality": "CR", "patient_id": "p1",
+           "exam_id": "e1", "instance_id": "i1"}  # fmt: skip
+    res = convert_file(src.parent, tmp_path, job, Settings(salt=SALT, keep_16bit=True))
+    assert res["status"] == "ingested", res["reason"]
+    (row,) = res["rows"]
+    assert row["bit_depth"] == 16 and row["channels"] == 1
+    ds = read(src.name)
+    with Image.open(tmp_path / row["image"]) as im:
+        assert im.mode == "I;16"
+        np.testing.assert_array_equal(np.array(im), display(ds.pixel_array, ds, keep_16bit=True))
 
 
 # --------------------------------------------------------------------------------- Doppler

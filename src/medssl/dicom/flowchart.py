@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medssl.fileio import atomic_write
+
 
 def steps(c: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(kept box, excluded box or None) per step, top to bottom, from ingest_report counts."""
@@ -64,6 +66,7 @@ def draw(counts: dict[str, Any], path: Path | str) -> Path:
             ax.annotate("", xy=(6.0, y - 0.9), xytext=(3, y - 0.9), arrowprops=arrow)
     ax.set_title("medssl ingest — distribution of the export (cf. paper 000 Fig. 4)", fontsize=10)
     path = Path(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
+    save = {"format": "png", "dpi": 100, "bbox_inches": "tight", "metadata": {"Software": None}}
+    atomic_write(path, lambda tmp: fig.savefig(tmp, **save))
     plt.close(fig)
     return path

@@ -12,7 +12,6 @@ to schedule the second pass.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 from medssl.dicom.deid import Pseudonymizer, identifier_tokens, safe_reason
 from medssl.dicom.pixels import display, frame_indices, mask_top_band
 from medssl.dicom.scope import DopplerRule, is_doppler, title_scope
+from medssl.fileio import atomic_write
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, JPEG 2000 multi-component, HTJ2K,
@@ -180,15 +180,8 @@ def image_name(patient: str, exam: str, instance: str, frame: int) -> str:
 def _write_png(path: Path, img: np.ndarray, level: int) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pil = Image.fromarray(img, mode="I;16") if img.dtype == np.uint16 else Image.fromarray(img)
-        pil.save(tmp, format="PNG", compress_level=level)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    pil = Image.fromarray(img)  # uint16 grey → I;16 (Pillow 13 refuses an explicit mode)
+    atomic_write(path, lambda tmp: pil.save(tmp, format="PNG", compress_level=level))
 
 
 def convert_file(
