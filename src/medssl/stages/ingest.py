@@ -65,6 +65,8 @@ OUTPUT_SETTINGS = (
 # statuses a file record ends with (reader.OK records are resolved into one of the last ones)
 DUPLICATE, OUT_OF_MODALITY, OUT_OF_SCOPE = "duplicate", "out_of_modality", "out_of_scope"
 UNTITLED, INGESTED, DOPPLER, PENDING = "untitled_dropped", "ingested", "doppler_only", "pending"
+# reader statuses of a file that is no image instance (every other record is one)
+NOT_IMAGES = (reader.QUARANTINED, reader.NON_IMAGE, reader.DICOMDIR)
 
 STATE_COLUMNS = {
     "file_key": "string", "size": "int64", "mtime_ns": "int64", "status": "string",
@@ -167,8 +169,7 @@ def _load_state(out: Path) -> pd.DataFrame:
 def _state_table(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
     rows = [{c: r.get(c) for c in (*STATE_COLUMNS, "tokens")} for r in records.values()]
     table = pd.DataFrame(rows, columns=[*STATE_COLUMNS, "tokens"])
-    for col, dtype in STATE_COLUMNS.items():
-        table[col] = table[col].astype(dtype)
+    table = coerce(table, STATE_COLUMNS, STATE_FILE)
     table["tokens"] = [
         list(t) if isinstance(t, list | tuple | np.ndarray) else [] for t in table["tokens"]
     ]
@@ -208,21 +209,9 @@ def _split(items: Sequence[Any], most: int, cfg: IngestConfig) -> list[list[Any]
     return list(_chunks(items, max(1, min(most, share))))
 
 
-def _workers(cfg: IngestConfig, n: int) -> int:
-    return max(1, min(resolve_workers(cfg.workers), n))
-
-
 def _run(fn: Any, jobs: list[tuple], sizes: list[int], cfg: IngestConfig, desc: str, progress):
-    workers = _workers(cfg, len(jobs))
     return map_chunks(
-        fn,
-        jobs,
-        sizes,
-        workers=workers,
-        desc=desc,
-        parallel=workers > 1,
-        progress=progress,
-        unit="file",
+        fn, jobs, sizes, workers=cfg.workers, desc=desc, progress=progress, unit="file"
     )
 
 
@@ -268,7 +257,7 @@ def _commit(
         typed_reports = coerce(kept, REPORT_COLUMNS, REPORTS_FILE)
         atomic_write(out / REPORTS_FILE, lambda p: write_table(typed_reports, p))
     state = _state_table(records)
-    atomic_write(out / STATE_DIR / STATE_FILE, lambda p: state.to_parquet(p, index=False))
+    atomic_write(out / STATE_DIR / STATE_FILE, lambda p: write_table(state, p))
     return info
 
 
@@ -286,16 +275,7 @@ def _resolve(
     modalities = {m.upper() for m in cfg.modalities}
     exams: dict[str, dict[str, Any]] = {}
     for rec in records.values():
-        if rec["status"] not in (
-            reader.OK,
-            INGESTED,
-            DOPPLER,
-            PENDING,
-            DUPLICATE,
-            OUT_OF_MODALITY,
-            OUT_OF_SCOPE,
-            UNTITLED,
-        ):
+        if rec["status"] in NOT_IMAGES:
             continue
         ex = exams.setdefault(
             rec["exam_id"],
@@ -314,7 +294,7 @@ def _resolve(
     # one file per SOP instance: the one already ingested, else lossless first, then path order
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records.values():
-        if rec["status"] in (reader.QUARANTINED, reader.NON_IMAGE, reader.DICOMDIR):
+        if rec["status"] in NOT_IMAGES:
             continue
         groups.setdefault(rec["instance_id"], []).append(rec)
     for iid, group in groups.items():
@@ -351,11 +331,7 @@ def _counts(
     recs = list(records.values())
     status = pd.Series([r["status"] for r in recs], dtype="string")
     n = status.value_counts().to_dict()
-    images = [
-        r
-        for r in recs
-        if r["status"] not in (reader.QUARANTINED, reader.NON_IMAGE, reader.DICOMDIR)
-    ]
+    images = [r for r in recs if r["status"] not in NOT_IMAGES]
     in_mod = {e for e, x in exams.items() if x["modality_ok"]}
     titled = {e for e in in_mod if exams[e]["titled"]}
     in_scope = {e for e in in_mod if exams[e]["in_scope"]}
@@ -471,17 +447,17 @@ def ingest(
     ):
         for rec in chunk:
             records[rec["file_key"]] = rec
+    read_now = set(todo)
     run = {
         "files_read": len(todo),
         "files_converted": 0,
         "instances_added": 0,
         "images_added": 0,
-        "quarantined_new": 0,
+        "quarantined_new": sum(
+            r.get("file") in read_now and r["status"] == reader.QUARANTINED
+            for r in records.values()
+        ),
     }
-    read_now = set(todo)
-    run["quarantined_new"] = sum(
-        r.get("file") in read_now and r["status"] == reader.QUARANTINED for r in records.values()
-    )
 
     # reports: raw titles decide the scope; scrubbed text is written
     raw_reports = RawReports()
@@ -491,19 +467,21 @@ def ingest(
     titles = {e: v["title"] for e, v in raw_reports.by_exam.items()}
     exams = _resolve(records, cfg, titles, in_manifest)
 
-    def report_frame() -> pd.DataFrame | None:
-        if reports is None:
-            return old_reports
+    # the reports of every exam that can reach the manifest, scrubbed once; each commit writes
+    # those of the exams in its manifest (_commit)
+    all_reports = old_reports
+    if reports is not None:
         tokens: dict[str, set[str]] = {}
         for r in records.values():
             if r.get("exam_id"):
                 tokens.setdefault(r["exam_id"], set()).update(r.get("tokens") or [])
-        fresh, _ = reports_table(raw_reports, set(manifest["exam_id"]), tokens, pseudo)
+        reachable = set(exams) | set(manifest["exam_id"])
+        fresh, _ = reports_table(raw_reports, reachable, tokens, pseudo)
         if old_reports is not None and len(old_reports):
             fresh = pd.concat(
                 [old_reports[~old_reports["exam_id"].isin(set(fresh["exam_id"]))], fresh]
             ).sort_values("exam_id", kind="stable")
-        return fresh.reset_index(drop=True)
+        all_reports = fresh.reset_index(drop=True)
 
     # pass 2: decode and write, committing every `commit_every` files; when the chosen file of an
     # instance cannot be decoded, its next duplicate (if any) is tried in a later batch
@@ -542,7 +520,7 @@ def ingest(
                 new_rows += [_manifest_row(rec, row, ex, label_cols) for row in kept]
         if new_rows:
             manifest = pd.concat([manifest, pd.DataFrame(new_rows)], ignore_index=True)
-        _commit(out, cfg, manifest, report_frame(), records)
+        _commit(out, cfg, manifest, all_reports, records)
         log.info("ingest: committed %d images (%d in the dataset)", len(new_rows), len(manifest))
 
     done = (INGESTED, DOPPLER)
@@ -563,7 +541,7 @@ def ingest(
     if reports is not None:
         counts["reports"] = {
             "csv_rows": raw_reports.rows,
-            "matched_exams": int(sum(e in set(manifest["exam_id"]) for e in raw_reports.by_exam)),
+            "matched_exams": len(set(raw_reports.by_exam) & set(manifest["exam_id"])),
             "without_key": raw_reports.without_key,
             "unmatched_accession": raw_reports.unmatched_accession,
             "merged_duplicates": raw_reports.duplicates,
