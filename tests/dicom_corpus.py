@@ -180,30 +180,27 @@ def build_corpus(root: Path, *, seed: int = 0) -> Corpus:
     aloka = (root / next(p for p in corpus.study_of if "aloka" in p)).read_bytes()
     (bad / "header_cut.dcm").write_bytes(aloka[:200])
     corpus.corrupt["QZ99000^BROKEN/header_cut.dcm"] = "truncated in the header"
-    usmono = datasets["JPGLosslessP14SV1_1s_1f_8b.dcm"].copy()
-    usmono.SOPInstanceUID = usmono.file_meta.MediaStorageSOPInstanceUID = planter.uid("cut-sop")
-    cut_path = root / next(p for p in corpus.study_of if "usmono" in p)
-    cut_path = cut_path.with_name("IM0002")
-    _plain_copy(usmono, cut_path)
+
+    def beside(ds: pydicom.Dataset, sop: str, needle: str, what: str) -> Path:
+        """`ds` as a new SOP instance, written as IM0002 beside the export file `needle` names."""
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = planter.uid(sop)
+        path = (root / next(p for p in corpus.study_of if needle in p)).with_name("IM0002")
+        _plain_copy(ds, path)
+        corpus.corrupt[path.relative_to(root).as_posix()] = what
+        return path
+
+    cut_path = beside(datasets["JPGLosslessP14SV1_1s_1f_8b.dcm"].copy(), "cut-sop", "usmono",
+                      "truncated pixel data")  # fmt: skip
     data = cut_path.read_bytes()
     cut_path.write_bytes(data[: int(len(data) * 0.6)])
-    corpus.corrupt[cut_path.relative_to(root).as_posix()] = "truncated pixel data"
     j2k = pydicom.dcmread(src / "emri_small_jpeg_2k_lossless.dcm")
     planter.plant(j2k)
-    j2k.SOPInstanceUID = j2k.file_meta.MediaStorageSOPInstanceUID = planter.uid("j2k-sop")
     junk = [b"\xff\x4f\xff\x51" + rng.integers(0, 256, 300, dtype=np.uint8).tobytes()] * 10
     j2k.PixelData = encapsulate(junk)
-    j2k_path = root / next(p for p in corpus.study_of if "emri" in p)
-    j2k_path = j2k_path.with_name("IM0002")
-    _plain_copy(j2k, j2k_path)
-    corpus.corrupt[j2k_path.relative_to(root).as_posix()] = "JPEG 2000 codestream garbage"
+    beside(j2k, "j2k-sop", "emri", "JPEG 2000 codestream garbage")
     broken = datasets["gdcm-US-ALOKA-16.dcm"].copy()
-    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = planter.uid("bad-px")
     broken.PixelData = b"\x00" * 64
-    broken_path = root / next(p for p in corpus.study_of if "aloka" in p)
-    broken_path = broken_path.with_name("IM0002")
-    _plain_copy(broken, broken_path)
-    corpus.corrupt[broken_path.relative_to(root).as_posix()] = "pixel data of the wrong length"
+    beside(broken, "bad-px", "aloka", "pixel data of the wrong length")
 
     # media directory and OS litter: skipped, not quarantined
     (root / "DICOMDIR").write_bytes(b"\x00" * 132)
