@@ -109,10 +109,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _fmt(value: float | None) -> str:
-    return "none" if value is None else f"{value:.4f}"
-
-
 # ---------------------------------------------------------------------------------------------
 # logging and registering
 
@@ -346,12 +342,9 @@ def gate(
             f"tags: {', '.join(k[len(METRIC_TAG) :] for k in mv.tags if k.startswith(METRIC_TAG))}"
         )
     champ = by_alias(mc, name, CHAMPION)
-    now = _now()
     if champ is not None and str(champ.version) == str(mv.version):
-        return Decision(
-            name, str(mv.version), "unchanged", True, metric, margin, value, value,
-            str(champ.version), f"v{mv.version} already holds {CHAMPION}", now,
-        )  # fmt: skip
+        return _unchanged(name, mv, metric, margin, value)
+    now = _now()
     champ_value = _metric(champ, metric) if champ is not None else None
     same_data = _same_data(mv, champ)
     if champ is None:
@@ -403,10 +396,7 @@ def promote(name: str, version: str | int, reason: str, *, metric: str | None = 
     champ = by_alias(mc, name, CHAMPION)
     value = _metric(mv, metric)
     if champ is not None and str(champ.version) == str(mv.version):
-        return Decision(
-            name, str(mv.version), "unchanged", True, metric, None, value, value,
-            str(champ.version), f"v{mv.version} already holds {CHAMPION}", _now(),
-        )  # fmt: skip
+        return _unchanged(name, mv, metric, None, value)
     decision = Decision(
         name=name,
         version=str(mv.version),
@@ -424,6 +414,17 @@ def promote(name: str, version: str | int, reason: str, *, metric: str | None = 
     _write_decision(mc, decision, _same_data(mv, champ))
     _after_promotion(mc, decision, champ)
     return decision
+
+
+def _unchanged(
+    name: str, mv: ModelVersion, metric: str, margin: float | None, value: float | None
+) -> Decision:
+    """The decision for a version that already holds `champion` (nothing is written)."""
+    version = str(mv.version)
+    reason = f"v{version} already holds {CHAMPION}"
+    return Decision(
+        name, version, "unchanged", True, metric, margin, value, value, version, reason, _now()
+    )
 
 
 def _same_data(mv: ModelVersion, champ: ModelVersion | None) -> bool | None:
@@ -468,21 +469,29 @@ def _after_promotion(mc: MlflowClient, d: Decision, previous: ModelVersion | Non
         lost = {"at": d.time, "to": d.version, "reason": f"{why}: {d.reason}"[:_TAG_LIMIT]}
         for key, value in lost.items():
             mc.set_model_version_tag(d.name, previous.version, f"{LOST}{key}", value)
-        _append_history(mc, d.name, str(previous.version), {"event": "lost", **lost})
+        _append_history(mc, d.name, str(previous.version), {"event": "lost", **lost}, None)
     # a version that wins the alias back: its last loss is in the history, not current any more
     current = mc.get_model_version(d.name, d.version).tags or {}
     for key in ("at", "to", "reason"):
         if f"{LOST}{key}" in current:
             mc.delete_model_version_tag(d.name, d.version, f"{LOST}{key}")
     won = {"event": "won", "at": d.time, "from": d.champion_version, "reason": f"{why}: {d.reason}"}
-    _append_history(mc, d.name, d.version, won)
+    _append_history(mc, d.name, d.version, won, current)
     challenger = by_alias(mc, d.name, CHALLENGER)
     if challenger is not None and str(challenger.version) == d.version:
         mc.delete_registered_model_alias(d.name, CHALLENGER)
 
 
-def _append_history(mc: MlflowClient, name: str, version: str, event: dict[str, Any]) -> None:
-    tags = mc.get_model_version(name, version).tags or {}
+def _append_history(
+    mc: MlflowClient,
+    name: str,
+    version: str,
+    event: dict[str, Any],
+    tags: Mapping[str, str] | None,
+) -> None:
+    """Append `event` to the version's history; `tags`: its current tags, when already read."""
+    if tags is None:
+        tags = mc.get_model_version(name, version).tags or {}
     try:
         history = json.loads(tags.get(HISTORY, "[]"))
     except json.JSONDecodeError:
@@ -553,7 +562,7 @@ def list_versions(name: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _version_info(mc: MlflowClient, name: str, mv: ModelVersion, aliases: dict) -> dict[str, Any]:
+def _version_info(mc: MlflowClient, mv: ModelVersion, aliases: dict) -> dict[str, Any]:
     tags = mv.tags or {}
     try:
         metrics = json.loads(tags.get(METRICS_JSON_TAG) or "{}")
@@ -592,7 +601,7 @@ def compare(name: str, a: str | int, b: str | int) -> dict[str, Any]:
     differences (the two runs' params), data hash and commit."""
     mc = client()
     aliases = _aliases(mc, name)
-    va, vb = (_version_info(mc, name, resolve_version(mc, name, r), aliases) for r in (a, b))
+    va, vb = (_version_info(mc, resolve_version(mc, name, r), aliases) for r in (a, b))
     metrics = {
         k: (va["metrics"].get(k), vb["metrics"].get(k))
         for k in dict.fromkeys([*va["metrics"], *vb["metrics"]])
