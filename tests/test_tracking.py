@@ -433,11 +433,18 @@ def test_register_stage(store, model_dir, tmp_path):
 
     cfg = RegisterConfig(model_name="stage-organs", experiment="stage", margin=0.01)
     params = _params("stage", "register.model_name=stage-organs", "register.margin=0.01")
+    record = tmp_path / "reports" / "register.json"  # its folder does not exist yet
     with stage_run("register", params) as tracker:
-        result = register(model_dir, _eval_dir(tmp_path, 0.8), None, cfg, tracker=tracker)
+        result = register(
+            model_dir, _eval_dir(tmp_path, 0.8), None, cfg, tracker=tracker, record=record
+        )
     assert result.promoted and result.version == "1" and result.challenger == 0.8
     assert "promoted to champion" in result.describe() and "\n" not in result.describe()
     assert json.dumps(result.to_json())
+    written = json.loads(record.read_text())
+    assert written == json.loads(json.dumps(result.to_json(), default=str))
+    assert written["version"] == "1" and written["gate_decision"] == "promoted"
+    assert [p.name for p in record.parent.iterdir()] == ["register.json"]  # no temporary left
     tags = _tags("stage-organs", "1")
     assert tags["medssl.train.label_fraction"] == "0.5"
     assert tags["medssl.model.backbone"] == "resnet18"

@@ -15,6 +15,7 @@ import numpy as np
 
 from medssl.config import RegisterConfig
 from medssl.errors import ConfigError, MedsslError
+from medssl.fileio import atomic_write_text
 from medssl.tracking.base import NullTracker, Tracker
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def register(
     `record`: a JSON file to write the version and the gate decision to (a DVC output)."""
     from medssl.models import load_model
     from medssl.tracking.registry import gate, log_and_register
-    from medssl.tracking.runs import data_hash
+    from medssl.tracking.runs import TAG_DATA_HASH, TAG_DATA_HASH_SOURCE, data_hash
 
     tracker = tracker if tracker is not None else NullTracker()
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
@@ -86,10 +87,10 @@ def register(
 
     extra: dict[str, str] = {"medssl.model.path": str(model_dir / MODEL_FILE)}
     extra.update(_train_tags(model_dir / TRAIN_SUMMARY))
-    if dataset_dir is not None and "medssl.data.hash" not in (getattr(tracker, "tags", {}) or {}):
+    if dataset_dir is not None and TAG_DATA_HASH not in (getattr(tracker, "tags", {}) or {}):
         found = data_hash(dataset_dir)
         if found:
-            extra["medssl.data.hash"], extra["medssl.data.hash_source"] = found
+            extra[TAG_DATA_HASH], extra[TAG_DATA_HASH_SOURCE] = found
     version = log_and_register(model, meta, input_example(meta), metrics, name, tracker, tags=extra)
     decision = gate(name, version, cfg.metric, cfg.margin)
 
@@ -120,9 +121,8 @@ def register(
         model_uri=f"models:/{name}/{version}",
         run_id=tracker.run_id,
     )
-    if record is not None:
-        Path(record).parent.mkdir(parents=True, exist_ok=True)
-        Path(record).write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    if record is not None:  # a DVC output: never left half-written
+        atomic_write_text(record, json.dumps(result.to_json(), indent=2, default=str) + "\n")
     return result
 
 
