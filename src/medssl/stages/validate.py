@@ -28,6 +28,7 @@ from medssl.data.contract import (
     read_info,
     read_table,
 )
+from medssl.fileio import atomic_write_text
 
 REPORT_FILE = "report.json"
 IMAGE_FAILURES_FILE = "image_failures.csv"
@@ -206,7 +207,7 @@ def validate(
         "timings_seconds": timings,
         "versions": {"medssl": __version__, "great_expectations": _gx_version()},
     }
-    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
     return ValidationResult(
         success=success,
         dataset_dir=dataset_dir,
