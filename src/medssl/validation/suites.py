@@ -30,7 +30,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,41 +225,38 @@ def build_checks(
 
     out: list[Check] = []
 
-    def add(view: str, name: str, make: Any, columns: Iterable[str] = (), **kw: Any) -> None:
+    def add(
+        view: str, name: str, make: Any, columns: Iterable[str] | None = None, **kw: Any
+    ) -> None:
+        """`columns`: what the check reads (default: its `column`); it is skipped without them."""
         groups = kw.pop("groups", False)
+        if columns is None:
+            columns = [kw["column"]] if "column" in kw else []
         out.append(
             Check(f"{view}.{len(out):03d}", name, view, make, kw, tuple(columns), groups=groups)
         )
 
     def exists(view: str, table: str, cols: Iterable[str]) -> None:
-        for c in cols:
-            add(view, f"{table} has column {c!r}", gxe.ExpectColumnToExist, column=c)
+        for c in cols:  # reads no column: it must run (and fail) when the column is missing
+            add(view, f"{table} has column {c!r}", gxe.ExpectColumnToExist, (), column=c)
 
     manifest_cols = list(MANIFEST_ID_COLUMNS) + info.label_columns()
     exists("manifest", "manifest", manifest_cols)
     add("manifest", "manifest is not empty", gxe.ExpectTableRowCountToBeBetween, min_value=1)
     for c in ID_COLUMNS:
-        add("manifest", f"{c} is never null", gxe.ExpectColumnValuesToNotBeNull, [c], column=c)
+        add("manifest", f"{c} is never null", gxe.ExpectColumnValuesToNotBeNull, column=c)
         add(
             "manifest",
             f"{c} is never empty",
             gxe.ExpectColumnValuesToMatchRegex,
-            [c],
             column=c,
             regex=r"\S",
         )
-    add(
-        "manifest",
-        "split is never null",
-        gxe.ExpectColumnValuesToNotBeNull,
-        ["split"],
-        column="split",
-    )
+    add("manifest", "split is never null", gxe.ExpectColumnValuesToNotBeNull, column="split")
     add(
         "manifest",
         f"split is one of {', '.join(SPLITS)}",
         gxe.ExpectColumnValuesToBeInSet,
-        ["split"],
         column="split",
         value_set=list(SPLITS),
     )
@@ -267,7 +264,6 @@ def build_checks(
         "manifest",
         "image paths are unique",
         gxe.ExpectColumnValuesToBeUnique,
-        ["image"],
         column="image",
         groups=True,
     )
@@ -275,7 +271,6 @@ def build_checks(
         "manifest",
         "image paths are relative and inside the dataset",
         gxe.ExpectColumnValuesToNotMatchRegex,
-        ["image"],
         column="image",
         regex=NOT_RELATIVE,
     )
@@ -283,25 +278,17 @@ def build_checks(
         "schema",
         "columns have the contract's types",
         gxe.ExpectColumnValuesToBeInSet,
-        ["type_ok"],
         column="type_ok",
         value_set=[True],
     )
 
     labels = info.label_columns()
     for c in labels:
-        add(
-            "labeled",
-            f"{c} is set on labeled rows",
-            gxe.ExpectColumnValuesToNotBeNull,
-            [c],
-            column=c,
-        )
+        add("labeled", f"{c} is set on labeled rows", gxe.ExpectColumnValuesToNotBeNull, column=c)
         add(
             "labeled",
             f"{c} is 0 or 1 on labeled rows",
             gxe.ExpectColumnValuesToBeInSet,
-            [c],
             column=c,
             value_set=[0, 1],
         )
@@ -310,25 +297,19 @@ def build_checks(
             "labeled",
             "every labeled image has at least one label",
             gxe.ExpectColumnValuesToBeBetween,
-            ["n_labels"],
             column="n_labels",
             min_value=1,
             max_value=len(labels),
         )
     for c in labels:
         add(
-            "unlabeled",
-            f"{c} is empty on unlabeled rows",
-            gxe.ExpectColumnValuesToBeNull,
-            [c],
-            column=c,
+            "unlabeled", f"{c} is empty on unlabeled rows", gxe.ExpectColumnValuesToBeNull, column=c
         )
 
     add(
         "exam_patients",
         "each exam belongs to one patient",
         gxe.ExpectColumnValuesToBeUnique,
-        ["exam_id"],
         column="exam_id",
         groups=True,
     )
@@ -336,7 +317,6 @@ def build_checks(
         "patient_splits",
         "splits are patient-disjoint",
         gxe.ExpectColumnValuesToBeUnique,
-        ["patient_id"],
         column="patient_id",
         groups=True,
     )
@@ -347,14 +327,12 @@ def build_checks(
             "reports",
             "report exam_id is never null",
             gxe.ExpectColumnValuesToNotBeNull,
-            ["exam_id"],
             column="exam_id",
         )
         add(
             "reports",
             "every report's exam is in the manifest",
             gxe.ExpectColumnValuesToBeInSet,
-            ["exam_in_manifest"],
             column="exam_in_manifest",
             value_set=[True],
         )
@@ -362,22 +340,16 @@ def build_checks(
             "reports",
             "one report per exam",
             gxe.ExpectColumnValuesToBeUnique,
-            ["exam_id"],
             column="exam_id",
             groups=True,
         )
         add(
-            "reports",
-            "report text is never null",
-            gxe.ExpectColumnValuesToNotBeNull,
-            ["text"],
-            column="text",
+            "reports", "report text is never null", gxe.ExpectColumnValuesToNotBeNull, column="text"
         )
         add(
             "reports",
             "report language is never null",
             gxe.ExpectColumnValuesToNotBeNull,
-            ["language"],
             column="language",
         )
 
@@ -387,7 +359,6 @@ def build_checks(
             "boxes",
             "every box's image is in the manifest",
             gxe.ExpectColumnValuesToBeInSet,
-            ["image_in_manifest"],
             column="image_in_manifest",
             value_set=[True],
         )
@@ -408,14 +379,7 @@ def build_checks(
             ("decodes", "image files decode"),
             ("size_ok", "image sizes are plausible"),
         ):
-            add(
-                "image_files",
-                name,
-                gxe.ExpectColumnValuesToBeInSet,
-                [col],
-                column=col,
-                value_set=[True],
-            )
+            add("image_files", name, gxe.ExpectColumnValuesToBeInSet, column=col, value_set=[True])
     return out
 
 
@@ -442,18 +406,7 @@ class Outcome:
         return self.success is False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "view": self.view,
-            "expectation": self.expectation,
-            "success": self.success,
-            "element_count": self.element_count,
-            "unexpected_count": self.unexpected_count,
-            "examples": self.examples,
-            "skipped": self.skipped,
-            "error": self.error,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -601,7 +554,7 @@ def run_checks(
 
     for view_name, view_checks in by_view.items():
         view = views.get(view_name)
-        runnable: list[Check] = []
+        runnable: dict[str, Check] = {}
         for check in view_checks:
             base = Outcome(check.id, check.name, view_name, _type_name(check.make), None)
             if view is None:
@@ -609,7 +562,7 @@ def run_checks(
             elif lacking := [c for c in check.columns if c not in view.frame.columns]:
                 base.skipped = f"column {', '.join(map(repr, lacking))} missing"
             else:
-                runnable.append(check)
+                runnable[check.id] = check
             outcomes[check.id] = base
         if view is None or not runnable:
             continue
@@ -617,7 +570,7 @@ def run_checks(
         ts = time.perf_counter()
         batch = source.add_dataframe_asset(view_name).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=view_name))
-        for check in runnable:
+        for check in runnable.values():
             suite.add_expectation(check.expectation())
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=view_name, data=batch, suite=suite)
@@ -640,10 +593,10 @@ def run_checks(
         for suite_result in run.run_results.values():
             for r in suite_result.results:
                 cid = (r.expectation_config.meta or {}).get("medssl_id")
-                if cid not in outcomes:
+                check = runnable.get(cid)
+                if check is None:
                     continue
                 seen.add(cid)
-                check = next(c for c in runnable if c.id == cid)
                 out = outcomes[cid]
                 res = dict(r.result or {})
                 out.success = bool(r.success)
@@ -655,7 +608,7 @@ def run_checks(
                     out.error = str(info.get("exception_message") or "expectation raised")
                 elif not out.success:
                     out.examples = _examples(check, view, res, examples)
-        for check in runnable:
+        for check in runnable.values():
             if check.id not in seen:  # never silently pass an expectation GX did not run
                 outcomes[check.id].success = False
                 outcomes[check.id].error = "great-expectations returned no result for it"
