@@ -67,6 +67,11 @@ def check_image(root: Path, relative: str, limits: Limits) -> tuple[str, str] | 
     return None
 
 
+def checked_paths(images: Iterable[object]) -> list[str]:
+    """The manifest paths that are checked: strings, non-empty, each once (in manifest order)."""
+    return list(dict.fromkeys(p for p in images if isinstance(p, str) and p))
+
+
 def _check_chunk(root: str, images: list[str], limits: Limits) -> list[tuple[str, str, str]]:
     base = Path(root)
     out = []
@@ -99,7 +104,7 @@ def check_images(
     `parallel_from` files are checked in this process (starting a spawned worker costs about a
     second). `progress` None shows a bar only on a terminal.
     """
-    paths = list(dict.fromkeys(p for p in images if isinstance(p, str) and p))
+    paths = checked_paths(images)
     chunks = list(_chunks(paths, chunk_size))
     results = map_chunks(
         _check_chunk,
@@ -117,9 +122,7 @@ def check_images(
 
 def image_files_view(images: Iterable[object], failures: pd.DataFrame) -> pd.DataFrame:
     """One row per checked image: exists / decodes / size_ok (null when not reached) + reason."""
-    paths = pd.Series(
-        list(dict.fromkeys(p for p in images if isinstance(p, str) and p)), dtype="str"
-    )
+    paths = pd.Series(checked_paths(images), dtype="str")
     view = pd.DataFrame({"image": paths})
     n = len(view)
     for col in (EXISTS, DECODES, SIZE):
