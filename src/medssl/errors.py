@@ -11,7 +11,3 @@ class ConfigError(MedsslError):
 
 class DataContractError(MedsslError):
     """A dataset folder that does not follow docs/data-contract.md."""
-
-
-class ValidationFailed(MedsslError):
-    """The validate stage found rows that break the data contract."""
