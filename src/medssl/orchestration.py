@@ -361,7 +361,7 @@ def start_pipeline_run(kfp_run_id: str, params: Params, data_tags: Mapping[str, 
     from medssl.tracking.runs import (
         TAG_KIND,
         MlflowTracker,
-        _base_tags,
+        base_tags,
         client,
         experiment_id,
         git_commit,
@@ -375,7 +375,7 @@ def start_pipeline_run(kfp_run_id: str, params: Params, data_tags: Mapping[str, 
     data = {k: str(v) for k, v in data_tags.items() if k.startswith("medssl.data.")}
     # what stage_run records on a parent (version, user, commit: the image has no repository,
     # the data revision is in data_tags)
-    tags = {**_base_tags(git_commit(), None), **data, TAG_KIND: "pipeline", TAG_KFP_RUN: kfp_run_id}
+    tags = {**base_tags(git_commit(), None), **data, TAG_KIND: "pipeline", TAG_KFP_RUN: kfp_run_id}
     run = mc.create_run(exp, run_name=f"kfp-{kfp_run_id[:12]}", tags=tags)
     MlflowTracker(mc, run.info.run_id, stage="pipeline").log_params(params.dump())
     print(f"MLflow parent run {run.info.run_id} (experiment {params.register_.experiment!r})")

@@ -335,7 +335,7 @@ def _reopen(mlflow_client: MlflowClient, run: Any) -> None:
         mlflow_client.update_run(run.info.run_id, status="RUNNING")
 
 
-def _base_tags(commit: str | None, dataset_dir: Path | None) -> dict[str, str]:
+def base_tags(commit: str | None, dataset_dir: Path | None) -> dict[str, str]:
     tags = {TAG_VERSION: __version__}
     with suppress(Exception):
         tags["mlflow.user"] = getpass.getuser()
@@ -370,7 +370,7 @@ def stage_run(
     exp = experiment_id(mc, params.register_.experiment)
     commit = git_commit()
     dataset = Path(dataset_dir) if dataset_dir is not None else None
-    tags = _base_tags(commit, dataset)
+    tags = base_tags(commit, dataset)
     key = pipeline_key(params, commit)
     data_tags = (TAG_DATA_PATH, TAG_DATA_HASH, TAG_DATA_HASH_SOURCE)
     parent, exp = _parent_run(mc, exp, key, {k: v for k, v in tags.items() if k not in data_tags})
