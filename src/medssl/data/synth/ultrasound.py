@@ -139,6 +139,17 @@ class _Canvas:
         sl = (slice(r0, r1), slice(c0, c1))
         return sl, self.g.x[sl], self.g.y[sl]
 
+    def frame(
+        self, cx: float, cy: float, ang: float, rx: float, ry: float | None = None
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+        """`window`'s slice and its grid in the frame of a shape centred at (cx, cy) and rotated
+        by `ang` (`_local`'s u, v); None if off-image."""
+        win = self.window(cx, cy, rx, ry)
+        if win is None:
+            return None
+        sl, x, y = win
+        return sl, *_local(x, y, cx, cy, ang)
+
     def paint(
         self,
         sl: tuple[slice, slice],
@@ -253,11 +264,10 @@ def _bowel_loop(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float) -> 
     rad = _u(rng, 0.03, 0.08)
     ecc = _u(rng, 0.6, 1.0)
     ang = _u(rng, 0.0, math.pi)
-    win = cv.window(cx, cy, rad * 1.4)
+    win = cv.frame(cx, cy, ang, rad * 1.4)
     if win is None:
         return
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     f = (u * _F(1.0 / rad)) ** 2 + (v * _F(1.0 / (rad * ecc))) ** 2
     k = _edge(cv.n, rad * ecc)
     cv.paint(sl, _soft(f * _F(1 / 1.3**2), k), _u(rng, 0.7, 1.0), tex=1.2)
@@ -287,17 +297,16 @@ def _tube(
 ) -> None:
     """A dark vessel segment centred at (cx, cy), optionally clipped to an ellipse `within`."""
     curv = _u(rng, -2.0, 2.0)
-    win = cv.window(cx, cy, length / 2 + width * 2 + abs(curv) * length**2 / 4)
+    win = cv.frame(cx, cy, ang, length / 2 + width * 2 + abs(curv) * length**2 / 4)
     if win is None:
         return
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     s = np.abs(v - _F(curv) * u * u)
     along = np.clip((_F(length / 2) - np.abs(u)) * _F(cv.n / 2.0), 0.0, 1.0)
     k = cv.n / 1.5
     lumen = np.clip((_F(width) - s) * _F(k), 0.0, 1.0) * along
     if within is not None:
-        wu, wv = _local(x, y, within.cx, within.cy, within.ang)
+        wu, wv = _local(cv.g.x[sl], cv.g.y[sl], within.cx, within.cy, within.ang)
         inside = _soft((wu * _F(1 / within.a)) ** 2 + (wv * _F(1 / within.b)) ** 2, 6.0)
         lumen *= inside
     if wall > 0:
@@ -329,10 +338,9 @@ def _other_view(cv: _Canvas, rng: np.random.Generator) -> None:
         cx, cy = _fan_point(g, _u(rng, 0.2, 0.8), _u(rng, -0.7, 0.7))
         a, b = _u(rng, 0.12, 0.35), _u(rng, 0.06, 0.18)
         ang = _u(rng, -0.8, 0.8)
-        win = cv.window(cx, cy, max(a, b) * 1.05)
+        win = cv.frame(cx, cy, ang, max(a, b) * 1.05)
         if win is not None:
-            sl, x, y = win
-            u, v = _local(x, y, cx, cy, ang)
+            sl, u, v = win
             f = (u * _F(1 / a)) ** 2 + (v * _F(1 / b)) ** 2
             cv.paint(sl, _soft(f, _edge(cv.n, b)), _u(rng, 0.25, 0.65), tex=_u(rng, 0.9, 1.2))
     if rng.random() < 0.45:  # aorta / IVC, long axis or cross-section
@@ -370,12 +378,11 @@ def _liver(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float) -> _Plac
     """Large homogeneous mid-grey region, diaphragm line on its deep side, dark vessels."""
     a, b = _u(rng, 0.28, 0.48), _u(rng, 0.18, 0.32)
     ang = _u(rng, -0.5, 0.45)
-    win = cv.window(cx, cy, max(a, b) * 1.25)
     p = _Placed(cx, cy, a, b, ang)
+    win = cv.frame(cx, cy, ang, max(a, b) * 1.25)
     if win is None:
         return p
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     f = (u * _F(1 / a)) ** 2 + (v * _F(1 / b)) ** 2
     f *= 1.0 + _F(_u(rng, 0.0, 0.12)) * np.sin(u * _F(_u(rng, 5, 12)) + _F(_u(rng, 0, 6.3)))
     k = _edge(cv.n, b)
@@ -416,11 +423,10 @@ def _gallbladder(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float) ->
     taper = _u(rng, 0.0, 0.45)
     p = _Placed(cx, cy, a, b, ang)
     wall = min(1.5, 1.0 + 1.6 / (cv.n * b))  # a wall ~1.6 px thick
-    win = cv.window(cx, cy, a * wall * 1.1 + 1.0 / cv.n)
+    win = cv.frame(cx, cy, ang, a * wall * 1.1 + 1.0 / cv.n)
     if win is None:
         return p
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     bb = _F(b) * (1.0 + _F(taper / a) * u)
     f = (u * _F(1 / a)) ** 2 + (v / bb) ** 2
     k = _edge(cv.n, b)
@@ -445,11 +451,10 @@ def _kidney(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float, abnorma
     b = a * _u(rng, 0.42, 0.62)
     ang = _u(rng, -0.7, 0.7)
     p = _Placed(cx, cy, a, b, ang)
-    win = cv.window(cx, cy, a * 1.45)
+    win = cv.frame(cx, cy, ang, a * 1.45)
     if win is None:
         return p
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     vb = v + _F(_u(rng, -0.25, 0.25) / a) * u * u  # bean curvature
     f = (u * _F(1 / a)) ** 2 + (vb * _F(1 / b)) ** 2
     k = _edge(cv.n, b)
@@ -469,7 +474,7 @@ def _kidney(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float, abnorma
             rad = b * _u(rng, 0.45, 0.8)
             lu, lv = a * _u(rng, -0.6, 0.6), b * _u(rng, -0.5, 0.5)
             qx, qy = cx + lu * c - lv * s, cy + lu * s + lv * c
-            fc = ((x - _F(qx)) ** 2 + (y - _F(qy)) ** 2) * _F(1 / rad**2)
+            fc = ((cv.g.x[sl] - _F(qx)) ** 2 + (cv.g.y[sl] - _F(qy)) ** 2) * _F(1 / rad**2)
             cv.paint(sl, _soft(fc, _edge(cv.n, rad)), _u(rng, 0.01, 0.05), tex=0.4)
             cv.shadow(qx, qy, rad * 0.8, _u(rng, 1.3, 1.8))
         else:  # hydronephrosis: dark dilated pelvis with calyces inside the sinus
@@ -492,19 +497,18 @@ def _pancreas(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float) -> _P
     ang = _u(rng, -0.35, 0.35)
     curv = _u(rng, -1.5, 1.5)
     p = _Placed(cx, cy, half_len, w0, ang)
-    win = cv.window(cx, cy, half_len * 1.1 + 0.08, half_len * 0.5 + 0.12)
+    win = cv.frame(cx, cy, ang, half_len * 1.1 + 0.08, half_len * 0.5 + 0.12)
     if win is None:
         return p
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     vc = v - _F(curv) * u * u
     wu = _F(w0) * (1.2 - 0.4 * u * _F(1 / half_len))  # head (left of screen) thicker than tail
     f = (u * _F(1 / half_len)) ** 4 + (vc / wu) ** 2
     n = cv.n
     level = _u(rng, 0.55, 0.95)
     # granular texture: coarse noise inside the gland
-    m = max(2, x.shape[0] // 2 + 1), max(2, x.shape[1] // 2 + 1)
-    grain = rng.standard_normal(m).astype(_F).repeat(2, 0).repeat(2, 1)[: x.shape[0], : x.shape[1]]
+    m = max(2, u.shape[0] // 2 + 1), max(2, u.shape[1] // 2 + 1)
+    grain = rng.standard_normal(m).astype(_F).repeat(2, 0).repeat(2, 1)[: u.shape[0], : u.shape[1]]
     value = _F(level) * (1.0 + _F(_u(rng, 0.15, 0.35)) * grain)
     cv.paint(sl, _soft(f, _edge(n, w0)), value, tex=1.25)
     if rng.random() < 0.85:  # splenic vein along the posterior border
@@ -529,11 +533,10 @@ def _spleen(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float) -> _Pla
     ang = _u(rng, -0.9, 0.6)
     side = 1.0 if rng.random() < 0.5 else -1.0
     p = _Placed(cx, cy, a, b, ang)
-    win = cv.window(cx, cy, a * 1.15)
+    win = cv.frame(cx, cy, ang, a * 1.15)
     if win is None:
         return p
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     f_out = (u * _F(1 / a)) ** 2 + (v * _F(1 / b)) ** 2
     off, bi = b * _u(rng, 0.55, 0.95), b * _u(rng, 0.7, 1.0)
     f_in = (u * _F(1 / (a * 0.9))) ** 2 + ((v - _F(side * off)) * _F(1 / bi)) ** 2
@@ -566,11 +569,10 @@ def _bladder(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float) -> _Pl
     cy = max(cy, cv.g.r0 + cv.g.apex_y + b + _u(rng, 0.08, 0.16))  # below the abdominal wall
     p = _Placed(cx, cy, a, b, ang)
     wall = min(1.5, 1.0 + 2.0 / (cv.n * b))  # a wall ~2 px thick
-    win = cv.window(cx, cy, max(a, b) * wall * 1.1 + 1.0 / cv.n)
+    win = cv.frame(cx, cy, ang, max(a, b) * wall * 1.1 + 1.0 / cv.n)
     if win is None:
         return p
-    sl, x, y = win
-    u, v = _local(x, y, cx, cy, ang)
+    sl, u, v = win
     f = np.abs(u * _F(1 / a)) ** _F(power) + np.abs(v * _F(1 / b)) ** _F(power)
     k = _edge(cv.n, b, power)
     cv.paint(sl, _soft(f * _F(1 / wall**power), k), _u(rng, 0.55, 0.9), tex=1.1)
