@@ -58,10 +58,12 @@ class _Timer(Callback):
         if self.start < step <= self.stop:
             self.steps.append(now - self.last)
         self.last = now
+        # images trained so far (epoch_images alone restarts at 0 when an epoch ends)
+        done = trainer.state.train_images + trainer.state.epoch_images
         if step == self.start:
-            self.t0, self.images = now, trainer.state.epoch_images
+            self.t0, self.images = now, done
         elif step == self.stop:
-            self.t1, self.images = now, trainer.state.epoch_images - self.images
+            self.t1, self.images = now, done - self.images
 
 
 def make_dataset(root: Path, image_size: int) -> Path:
