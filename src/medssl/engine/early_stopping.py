@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medssl.engine.checkpoint import to_cpu
+
 
 class EarlyStopping:
     """Tracks the best score (higher is better) and a CPU copy of the weights that reached it.
@@ -27,9 +29,7 @@ class EarlyStopping:
         """Record an epoch's score; True when it is the best so far (weights copied)."""
         if not math.isnan(score) and (self.best_score is None or score > self.best_score):
             self.best_score, self.best_epoch, self.bad_epochs = float(score), epoch, 0
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            }
+            self.best_state = to_cpu(model.state_dict())
             return True
         self.bad_epochs += 1
         return False
