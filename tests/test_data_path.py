@@ -120,6 +120,8 @@ def test_cache_is_reused_and_invalidated_when_the_manifest_changes(
     write_dataset(small_dataset, ds.info, ds.manifest.iloc[:30])
     changed = open_cache(Dataset.open(small_dataset), tmp_path / "cache", progress=False)
     assert changed.built and changed.path != first.path and len(changed) == 30
+    # the key the train stage fingerprints a run with follows the dataset, as the file name does
+    assert again.key == first.key != changed.key and changed.key in changed.path.name
     assert np.array_equal(changed.images, first.images[:30])
 
 

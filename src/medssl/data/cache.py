@@ -32,11 +32,13 @@ CACHE_VERSION = b"medssl-image-cache-v1"
 @dataclass
 class ImageCache:
     """An opened cache. `images` is a read-only memory map; `built` tells whether this open
-    decoded the images (False: an existing cache was reused)."""
+    decoded the images (False: an existing cache was reused); `key` is the dataset's
+    `dataset_key` (part of the file name)."""
 
     path: Path
     images: np.ndarray
     built: bool
+    key: str
 
     def __len__(self) -> int:
         return len(self.images)
@@ -79,13 +81,14 @@ def open_cache(
     `workers` 0 = all cores; fewer than `parallel_from` images are decoded in this process.
     `progress` None shows a bar only on a terminal."""
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{dataset.info.name}-{dataset_key(dataset)}.npy"
+    key = dataset_key(dataset)
+    path = cache_dir / f"{dataset.info.name}-{key}.npy"
     built = False
     if not path.is_file():
         _build(dataset, path, workers, progress, chunk_size, parallel_from)
         built = True
     images = np.load(path, mmap_mode="r")
-    return ImageCache(path=path, images=images, built=built)
+    return ImageCache(path=path, images=images, built=built, key=key)
 
 
 def _build(

@@ -40,6 +40,12 @@ MANIFEST_ID_COLUMNS: dict[str, str] = {
     "split": "string",
 }
 LABEL_DTYPE = "Int8"  # nullable 0/1: <NA> on unlabeled rows
+LABEL_PREFIX = "label_"  # multilabel label columns: label_<class>
+# A model folder's predictions (the train stage writes them, the evaluate stage reads them): one
+# row per labeled val/test image with the manifest's ids and split, label_<class> and
+# score_<class> (probability)
+PREDICTIONS_FILE = "predictions.parquet"
+SCORE_PREFIX = "score_"
 REPORT_COLUMNS: dict[str, str] = {
     "exam_id": "string",
     "title": "string",
@@ -90,7 +96,7 @@ class DatasetInfo(BaseModel):
 
 
 def label_column(class_name: str) -> str:
-    return f"label_{class_name}"
+    return f"{LABEL_PREFIX}{class_name}"
 
 
 def manifest_dtypes(info: DatasetInfo) -> dict[str, str]:

@@ -15,7 +15,7 @@ from torch import nn
 from medssl.config import TrainConfig
 from medssl.data.augment import to_float
 from medssl.data.cache import ImageCache
-from medssl.data.contract import Dataset, label_column
+from medssl.data.contract import SCORE_PREFIX, Dataset, label_column
 from medssl.data.splitting import LABEL_FRACTION_COLUMN
 from medssl.engine.context import Context
 from medssl.engine.method import Method
@@ -24,7 +24,6 @@ from medssl.metrics.multilabel import best_thresholds, weighted_f1
 from medssl.models import Classifier, build_classifier
 
 PREDICTION_ID_COLUMNS = ["image", "patient_id", "exam_id", "split"]
-SCORE_PREFIX = "score_"
 
 
 def labeled_train_rows(

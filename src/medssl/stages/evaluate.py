@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.config import EvaluateConfig
+from medssl.data.contract import LABEL_PREFIX, PREDICTIONS_FILE, SCORE_PREFIX
 from medssl.errors import DataContractError
 from medssl.metrics.bootstrap import bootstrap_weighted_f1
 from medssl.metrics.multilabel import (
@@ -35,7 +36,6 @@ from medssl.metrics.multilabel import (
 if TYPE_CHECKING:
     from medssl.tracking.base import Tracker
 
-PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 THRESHOLDS_FILE = "thresholds.csv"
 PR_CURVES_FILE = "pr_curves.csv"
@@ -44,8 +44,6 @@ PR_DIR = "pr"
 REPORT_FILE = "report.md"
 TABLE_FILE = "table.txt"
 
-LABEL_PREFIX = "label_"
-SCORE_PREFIX = "score_"
 ROW_NAMES = {"f1": "F1-score", "precision": "Precision", "recall": "Recall"}
 AVG_NAME = "weighted avg"
 

@@ -19,7 +19,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from medssl.config import SplitConfig
-from medssl.data.contract import LABELED_SPLITS, SPLITS, Dataset, DatasetInfo, write_dataset
+from medssl.data.contract import (
+    LABEL_PREFIX,
+    LABELED_SPLITS,
+    SPLITS,
+    Dataset,
+    DatasetInfo,
+    write_dataset,
+)
 from medssl.data.splitting import LABEL_FRACTION_COLUMN, assign_splits, label_fraction_column
 from medssl.errors import DataContractError
 
@@ -128,7 +135,7 @@ def _summarise(
         result.exams[split_name] = int(rows["exam_id"].nunique())
         if split_name != "unlabeled":
             result.class_counts[split_name] = {
-                col.removeprefix("label_"): int(rows[col].fillna(0).sum())
+                col.removeprefix(LABEL_PREFIX): int(rows[col].fillna(0).sum())
                 for col in info.label_columns()
             }
     column = manifest[LABEL_FRACTION_COLUMN]

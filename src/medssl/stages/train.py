@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 
 from medssl.config import TrainConfig
-from medssl.data.cache import dataset_key, open_cache
-from medssl.data.contract import Dataset, write_table
-from medssl.engine.loop import Trainer
+from medssl.data.cache import open_cache
+from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
+from medssl.engine.loop import CHECKPOINT_FILE, Trainer
 from medssl.errors import ConfigError
 from medssl.fileio import atomic_write, atomic_write_text
 from medssl.methods import MultilabelMethod, get_method
@@ -31,7 +31,6 @@ from medssl.models import save_model
 from medssl.tracking.base import NullTracker, Tracker
 
 MODEL_FILE = "model.pt"
-PREDICTIONS_FILE = "predictions.parquet"
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -116,7 +115,7 @@ def train(
         out_dir / CHECKPOINT_DIR,
         tracker=tracker,
         progress=progress,
-        fingerprint={"dataset": dataset_key(dataset)},
+        fingerprint={"dataset": cache.key},  # hashed once, by open_cache
     )
     fit = trainer.fit(resume=resume)
     assert trainer.model is not None
@@ -126,7 +125,7 @@ def train(
         "predictions": out_dir / PREDICTIONS_FILE,
         "history": out_dir / HISTORY_FILE,
         "summary": out_dir / SUMMARY_FILE,
-        "checkpoint": out_dir / CHECKPOINT_DIR / "last.pt",
+        "checkpoint": out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE,
     }
     predictions = method.predictions(trainer.model, trainer.ctx)
     atomic_write(paths["predictions"], lambda tmp: write_table(predictions, tmp))
