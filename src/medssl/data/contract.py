@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medssl.errors import DataContractError
+from medssl.fileio import atomic_write_text
 
 Task = Literal["multilabel", "binary", "detection", "image-text"]
 SPLITS: tuple[str, ...] = ("unlabeled", "train", "val", "test")
@@ -126,7 +127,7 @@ def read_info(root: Path) -> DatasetInfo:
 
 def write_info(root: Path, info: DatasetInfo) -> None:
     text = yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    (Path(root) / INFO_FILE).write_text(text)
+    atomic_write_text(Path(root) / INFO_FILE, text)
 
 
 def read_table(path: Path) -> pd.DataFrame:

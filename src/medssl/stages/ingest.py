@@ -22,12 +22,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from medssl import __version__
 from medssl.config import IngestConfig
 from medssl.data.contract import (
-    INFO_FILE,
     MANIFEST_FILE,
     REPORT_COLUMNS,
     REPORTS_FILE,
@@ -35,6 +33,7 @@ from medssl.data.contract import (
     coerce,
     manifest_dtypes,
     read_table,
+    write_info,
     write_table,
 )
 from medssl.dicom import flowchart, reader
@@ -247,8 +246,7 @@ def _commit(
     """Write dataset.yaml, manifest, reports, then the state — each atomically, in this order, so
     a killed run leaves a dataset whose manifest lists only written images (see module doc)."""
     info = _info(cfg, manifest)
-    text = yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    atomic_write_text(out / INFO_FILE, text)
+    write_info(out, info)
     dtypes = {**manifest_dtypes(info), **ATTRIBUTE_DTYPES}
     typed = coerce(manifest, dtypes, MANIFEST_FILE)
     atomic_write(out / MANIFEST_FILE, lambda p: write_table(typed[list(dtypes)], p))
