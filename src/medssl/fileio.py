@@ -1,5 +1,6 @@
-"""Atomic file writes: a temporary sibling, fsync, then os.replace. Readers (and a resumed run)
-see the previous complete file or the new complete file, never a partial one."""
+"""Atomic file writes: a temporary sibling, then os.replace (atomic_open also fsyncs). Readers
+(and a resumed run) see the previous complete file or the new complete file, never a partial
+one."""
 
 from __future__ import annotations
 
@@ -13,21 +14,27 @@ from medssl.errors import ConfigError
 
 
 @contextmanager
-def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of `path` for writing; on success it replaces `path`, on any
-    failure (exception, KeyboardInterrupt) it is removed and `path` is left untouched."""
+def _replacing(path: Path | str) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; on success it replaces `path`, on any failure
+    (exception, KeyboardInterrupt) it is removed and `path` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of `path` for writing; fsync'd, then it replaces `path`."""
+    with _replacing(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
@@ -44,17 +51,10 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def atomic_write(path: Path | str, writer: Callable[[Path], None]) -> None:
-    """Let `writer` write a temporary path (for libraries that want a file name, e.g. parquet),
-    then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Let `writer` write a temporary path (for libraries that want a file name, e.g. parquet,
+    PNG), then move it into place. No fsync: it serves bulk writes such as one PNG per frame."""
+    with _replacing(path) as tmp:
         writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_tagged_torch(path: Path | str, fmt: str, what: str) -> dict[str, Any]:
