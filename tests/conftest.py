@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medssl.config import load_params
+from medssl.stages.split import split
 from medssl.stages.synth import synth
 
 # More labeled images than the paper's 5.4 % so tests on `tiny` have usable labeled splits.
@@ -26,6 +27,14 @@ def tiny_archive(tmp_path_factory, tiny_params) -> Path:
     """A tiny archive (read-only: copy it before planting defects)."""
     out = tmp_path_factory.mktemp("archive") / "abdominal-us"
     synth(out, tiny_params.data, tiny_params.split, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_archive, tiny_params, tmp_path_factory) -> Path:
+    """The tiny archive through the split stage (read-only)."""
+    out = tmp_path_factory.mktemp("split") / "abdominal-us"
+    split(tiny_archive, out, tiny_params.split)
     return out
 
 

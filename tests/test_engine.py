@@ -16,14 +16,6 @@ from medssl.engine import Callback, Context, Method, StepOutput, Trainer
 from medssl.engine.checkpoint import load_checkpoint
 from medssl.errors import ConfigError
 from medssl.methods.supervised import Supervised
-from medssl.stages.split import split
-
-
-@pytest.fixture(scope="module")
-def tiny_split(tiny_archive, tiny_params, tmp_path_factory):
-    out = tmp_path_factory.mktemp("split") / "abdominal-us"
-    split(tiny_archive, out, tiny_params.split)
-    return out
 
 
 class SimulatedKill(Exception):

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medssl.errors import DataContractError
+from medssl.errors import DataContractError, MedsslError
+from medssl.fileio import output_errors, swap_in
 
 TAG_REPO = "medssl.data.repo"
 TAG_REV = "medssl.data.rev"
@@ -164,8 +165,9 @@ def _download(fs: Any, path: str, out_dir: Path, where: str, progress: bool) -> 
     )
     try:
         try:
-            fs.get(path, str(staging), recursive=True, callback=callback)
-        except DataContractError:
+            with output_errors(out_dir):
+                fs.get(path, str(staging), recursive=True, callback=callback)
+        except MedsslError:
             raise
         except Exception as exc:  # DVC, fsspec and botocore errors have no common base
             raise DataContractError(
@@ -173,30 +175,10 @@ def _download(fs: Any, path: str, out_dir: Path, where: str, progress: bool) -> 
             ) from None
         staging.mkdir(parents=True, exist_ok=True)  # an empty folder
         files = sum(1 for p in staging.rglob("*") if p.is_file())
-        _swap_in(staging, out_dir)
+        swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     return files
-
-
-def _swap_in(new: Path, out_dir: Path) -> None:
-    """Replace out_dir with `new` (renames on one file system; the old folder is removed after)."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    try:
-        os.replace(new, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def _reason(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from medssl.data.contract import (
 )
 from medssl.data.splitting import LABEL_FRACTION_COLUMN, assign_splits, label_fraction_column
 from medssl.errors import DataContractError
+from medssl.fileio import staged_dir
 
 SUMMARY_FILE = "splits.json"
 PLOT_FILE = "splits.png"
@@ -67,17 +68,21 @@ def split(dataset_dir: Path, out_dir: Path, cfg: SplitConfig) -> SplitResult:
     manifest[LABEL_FRACTION_COLUMN] = label_fraction_column(manifest, cfg.label_fractions, cfg.seed)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # the staging folder is a sibling: the relative image_root holds for both
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     info = ds.info.model_copy(
         update={
-            "image_root": os.path.relpath(ds.image_dir.resolve(), out_dir.resolve()),
+            "image_root": os.path.relpath(
+                ds.image_dir.resolve(), out_dir.parent.resolve() / out_dir.name
+            ),
             "attributes": [*ds.info.attributes, LABEL_FRACTION_COLUMN],
         }
     )
-    write_dataset(out_dir, info, manifest, ds.reports, ds.boxes)
     result = _summarise(manifest, info, out_dir, needs_split, cfg.label_fractions)
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    _plot(result, info, out_dir / PLOT_FILE)
+    with staged_dir(out_dir) as tmp:  # all of it or none of it
+        write_dataset(tmp, info, manifest, ds.reports, ds.boxes)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        _plot(result, info, tmp / PLOT_FILE)
     return result
 
 

@@ -4,8 +4,11 @@
     predictions.parquet  one row per labeled val/test image: ids, split, label_<c>, score_<c>
     history.csv          one row per epoch: epoch, step, train_loss, val_loss, val_f1_weighted,
                          seconds, images_per_s
-    train.json           the run's summary
-    checkpoints/last.pt  resumable state (`resume=True` continues a killed run exactly)
+    train.json           the run's summary (with the dataset path and model.pt's sha256)
+    checkpoints/last.pt  the final state (`resume=True` with a larger budget trains on)
+
+The folder appears complete or not at all; a running or killed run lives in `.<out>.partial/`
+(its checkpoints/last.pt: `resume=True` continues it exactly).
 
 Paper 000 §3.2: Adam, lr 1e-4, batches of t exams, early stopping after 7 epochs without a
 validation improvement, the best validation epoch's weights.
@@ -13,7 +16,10 @@ validation improvement, the best validation epoch's weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +29,10 @@ import pandas as pd
 from medssl.config import TrainConfig
 from medssl.data.cache import open_cache
 from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
+from medssl.engine.checkpoint import load_checkpoint
 from medssl.engine.loop import CHECKPOINT_FILE, Trainer
-from medssl.errors import ConfigError
-from medssl.fileio import atomic_write, atomic_write_text
+from medssl.errors import ConfigError, Interrupted
+from medssl.fileio import partial_dir, sha256_file, staged_dir
 from medssl.methods import MultilabelMethod, get_method
 from medssl.models import save_model
 from medssl.tracking.base import NullTracker, Tracker
@@ -48,6 +55,7 @@ HISTORY_COLUMNS = [
 @dataclass
 class TrainResult:
     out_dir: Path
+    dataset: str  # the split dataset it was trained on (absolute): register's default
     method: str
     backbone: str
     init: str
@@ -62,6 +70,7 @@ class TrainResult:
     train_images: int
     label_fraction: float
     resumed_from_step: int | None = None
+    model_sha256: str | None = None
     paths: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -92,8 +101,11 @@ def train(
     progress: bool = True,
     tracker: Tracker | None = None,
 ) -> TrainResult:
-    """Train, then write the model folder. `resume` continues from out_dir/checkpoints/last.pt
-    when it exists (a finished run is not retrained: its outputs are written again)."""
+    """Train, then write the model folder, all of it or none of it: the run works in the
+    sibling `.<out>.partial/` (its checkpoints survive a kill or Ctrl-C there), which replaces
+    `out_dir` only once every file is written. `resume` continues from the partial run's
+    checkpoint, or from a finished run's final one (a finished run is not retrained: its outputs
+    are written again)."""
     tracker = tracker or NullTracker()
     dataset = Dataset.open(dataset_dir)
     method_cls = get_method(cfg.method)
@@ -103,58 +115,65 @@ def train(
             "needs one (pre-training methods run in their own stage)"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = partial_dir(out_dir)
+    if resume:
+        _resume_from_finished(out_dir, staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
     # a decoding bar on a terminal only (None)
     cache = open_cache(
         dataset, cfg.cache_dir, workers=cfg.workers, progress=None if progress else False
     )
     method = method_cls(cfg, dataset, cache)
-    trainer = Trainer(
-        method,
-        cfg,
-        out_dir / CHECKPOINT_DIR,
-        tracker=tracker,
-        progress=progress,
-        fingerprint={"dataset": cache.key},  # hashed once, by open_cache
-    )
-    fit = trainer.fit(resume=resume)
-    assert trainer.model is not None
-
-    paths = {
+    with staged_dir(out_dir, staging=staging) as tmp:
+        trainer = Trainer(
+            method,
+            cfg,
+            tmp / CHECKPOINT_DIR,
+            tracker=tracker,
+            progress=progress,
+            fingerprint={"dataset": cache.key},  # hashed once, by open_cache
+        )
+        try:
+            fit = trainer.fit(resume=resume)
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted(trainer, dataset_dir, out_dir)) from None
+        assert trainer.model is not None
+        predictions = method.predictions(trainer.model, trainer.ctx)
+        write_table(predictions, tmp / PREDICTIONS_FILE)
+        model, meta = method.export(trainer.model)
+        save_model(tmp / MODEL_FILE, model, {**meta, "best_epoch": fit.best_epoch})
+        history = pd.DataFrame(fit.history)
+        columns = HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]
+        history = history.reindex(columns=columns)
+        (tmp / HISTORY_FILE).write_text(history.to_csv(index=False))
+        result = TrainResult(
+            out_dir=out_dir,
+            dataset=str(Path(dataset_dir).resolve()),
+            method=cfg.method,
+            backbone=cfg.backbone,
+            init=cfg.init,
+            best_epoch=fit.best_epoch,
+            epochs=fit.epochs,
+            steps=fit.steps,
+            stopped_early=fit.stopped_early,
+            device=fit.device,
+            images_per_s=round(fit.images_per_s, 1),
+            seconds=round(fit.seconds, 2),
+            best_val_f1_weighted=fit.best_score,
+            train_images=len(method.train_rows),
+            label_fraction=cfg.label_fraction,
+            resumed_from_step=fit.resumed_from_step,
+            model_sha256=sha256_file(tmp / MODEL_FILE),
+        )
+        (tmp / SUMMARY_FILE).write_text(json.dumps(result.summary(), indent=2) + "\n")
+    result.paths = {
         "model": out_dir / MODEL_FILE,
         "predictions": out_dir / PREDICTIONS_FILE,
         "history": out_dir / HISTORY_FILE,
         "summary": out_dir / SUMMARY_FILE,
         "checkpoint": out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE,
     }
-    predictions = method.predictions(trainer.model, trainer.ctx)
-    atomic_write(paths["predictions"], lambda tmp: write_table(predictions, tmp))
-    model, meta = method.export(trainer.model)
-    save_model(paths["model"], model, {**meta, "best_epoch": fit.best_epoch})
-    history = pd.DataFrame(fit.history)
-    columns = HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]
-    history = history.reindex(columns=columns)
-    atomic_write_text(paths["history"], history.to_csv(index=False))
-
-    result = TrainResult(
-        out_dir=out_dir,
-        method=cfg.method,
-        backbone=cfg.backbone,
-        init=cfg.init,
-        best_epoch=fit.best_epoch,
-        epochs=fit.epochs,
-        steps=fit.steps,
-        stopped_early=fit.stopped_early,
-        device=fit.device,
-        images_per_s=round(fit.images_per_s, 1),
-        seconds=round(fit.seconds, 2),
-        best_val_f1_weighted=fit.best_score,
-        train_images=len(method.train_rows),
-        label_fraction=cfg.label_fraction,
-        resumed_from_step=fit.resumed_from_step,
-        paths=paths,
-    )
-    atomic_write_text(paths["summary"], json.dumps(result.summary(), indent=2) + "\n")
     summary_metrics = {
         "best_val_f1_weighted": fit.best_score,
         "best_epoch": fit.best_epoch,
@@ -164,5 +183,43 @@ def train(
     tracker.log_metrics({k: float(v) for k, v in summary_metrics.items() if v is not None})
     tracker.set_tags({"medssl.train.device": fit.device, "medssl.train.method": cfg.method})
     for name in ("history", "summary"):
-        tracker.log_artifact(paths[name])
+        tracker.log_artifact(result.paths[name])
     return result
+
+
+def read_summary(model_dir: Path) -> dict[str, Any]:
+    """A model folder's train.json ({} when it has none or it is unreadable)."""
+    path = Path(model_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _resume_from_finished(out_dir: Path, staging: Path) -> None:
+    """--resume without a partial run: start from the finished run's final checkpoint (hard
+    link when possible: checkpoints are replaced, never modified in place)."""
+    partial = staging / CHECKPOINT_DIR / CHECKPOINT_FILE
+    finished = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if partial.is_file() or not finished.is_file():
+        return
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(finished, partial)
+    except OSError:
+        shutil.copy2(finished, partial)
+
+
+def _interrupted(trainer: Trainer, dataset_dir: Path, out_dir: Path) -> str:
+    path = trainer.checkpoint_path
+    saved = None
+    if path is not None and path.is_file():
+        with contextlib.suppress(Exception):
+            saved = int(load_checkpoint(path)["loop"]["step"])
+    if saved is None:
+        return f"interrupted at step {trainer.state.step} before the first checkpoint"
+    return (
+        f"interrupted at step {trainer.state.step}; the checkpoint of step {saved} is kept in "
+        f"{path.parent}: continue with `medssl train {dataset_dir} --out {out_dir} --resume`"
+    )

@@ -28,7 +28,7 @@ from medssl.data.contract import (
     read_info,
     read_table,
 )
-from medssl.fileio import atomic_write_text
+from medssl.fileio import atomic_write_text, staged_dir
 
 REPORT_FILE = "report.json"
 IMAGE_FAILURES_FILE = "image_failures.csv"
@@ -101,10 +101,8 @@ def validate(
     *,
     progress: bool | None = None,
 ) -> ValidationResult:
-    """Validate the dataset at `dataset_dir`; write report.json and data docs under `out_dir`."""
-    from medssl.validation import images as image_checks
-    from medssl.validation import suites  # imports great-expectations (seconds): only when used
-
+    """Validate the dataset at `dataset_dir`; write report.json and data docs under `out_dir`
+    (replaced as a whole: complete or absent)."""
     cfg = cfg or ValidateConfig()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     t0 = time.perf_counter()
@@ -115,7 +113,54 @@ def validate(
     reports = _read_optional(dataset_dir / REPORTS_FILE)
     boxes = _read_optional(dataset_dir / BOXES_FILE)
     timings["read"] = round(time.perf_counter() - t0, 3)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with staged_dir(out_dir) as tmp:  # the report folder is complete or absent
+        result = _validate_into(tmp, dataset_dir, info, manifest, reports, boxes, cfg, progress)
+        result.timings["total"] = round(time.perf_counter() - t0, 3)
+        report = {**result.report, "timings_seconds": {**timings, **result.timings}}
+        atomic_write_text(tmp / REPORT_FILE, json.dumps(report, indent=2, default=str) + "\n")
+    docs = None if result.docs is None else out_dir / result.docs.relative_to(tmp)
+    return ValidationResult(
+        success=result.success,
+        dataset_dir=dataset_dir,
+        report_path=out_dir / REPORT_FILE,
+        docs_index=docs,
+        counts=result.counts,
+        n_expectations=result.n_expectations,
+        failures=result.failures,
+        skipped=result.skipped,
+        image_failures=result.image_failures,
+        seconds=result.timings["total"],
+    )
+
+
+@dataclass
+class _Written:
+    success: bool
+    report: dict[str, Any]
+    docs: Path | None
+    counts: dict[str, int]
+    n_expectations: int
+    failures: list[Failure]
+    skipped: list[str]
+    image_failures: int
+    timings: dict[str, float]
+
+
+def _validate_into(
+    out_dir: Path,
+    dataset_dir: Path,
+    info: Any,
+    manifest: pd.DataFrame,
+    reports: pd.DataFrame | None,
+    boxes: pd.DataFrame | None,
+    cfg: ValidateConfig,
+    progress: bool | None,
+) -> _Written:
+    """Run every check; write the data docs and the image-failure file into out_dir."""
+    from medssl.validation import images as image_checks
+    from medssl.validation import suites  # imports great-expectations (seconds): only when used
+
+    timings: dict[str, float] = {}
 
     image_view = None
     failures_table = pd.DataFrame(columns=image_checks.FAILURE_COLUMNS)
@@ -166,13 +211,9 @@ def validate(
     skipped = [f"{o.name} [{o.view}]: {o.skipped}" for o in run.outcomes if o.skipped]
     success = run.success and not failures
 
-    report_path = out_dir / REPORT_FILE
     failures_file = out_dir / IMAGE_FAILURES_FILE
     if len(failures_table) > MAX_IMAGE_FAILURES_IN_REPORT:
         failures_table.to_csv(failures_file, index=False)
-    elif failures_file.exists():
-        failures_file.unlink()
-    timings["total"] = round(time.perf_counter() - t0, 3)
     report = {
         "success": success,
         "dataset": {
@@ -204,21 +245,18 @@ def validate(
             },
         },
         "data_docs": str(run.docs_index.relative_to(out_dir)) if run.docs_index else None,
-        "timings_seconds": timings,
         "versions": {"medssl": __version__, "great_expectations": _gx_version()},
     }
-    atomic_write_text(report_path, json.dumps(report, indent=2, default=str) + "\n")
-    return ValidationResult(
+    return _Written(
         success=success,
-        dataset_dir=dataset_dir,
-        report_path=report_path,
-        docs_index=run.docs_index,
+        report=report,
+        docs=run.docs_index,
         counts=counts,
         n_expectations=len(run.outcomes),
         failures=failures,
         skipped=skipped,
         image_failures=len(failures_table),
-        seconds=timings["total"],
+        timings=timings,
     )
 
 

@@ -12,7 +12,6 @@ byte-identical for a given seed and size whatever the number of worker processes
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from medssl.data.contract import (
 from medssl.data.splitting import assign_splits
 from medssl.data.synth.reports import write_report
 from medssl.data.synth.ultrasound import ScannerStyle, render_image
+from medssl.fileio import staged_dir
 
 CLASSES: tuple[str, ...] = (
     "liver",
@@ -237,10 +237,15 @@ def _render_exam(args: tuple) -> int:
 
 def write_archive(plan: ArchivePlan, out: Path, workers: int = 0, progress: bool = True) -> Path:
     """Render every image and write the dataset folder. Writes into a temporary sibling and
-    renames it at the end, so an interrupted run never leaves a half dataset at `out`."""
+    renames it at the end, so an interrupted run never leaves a half dataset at `out`
+    (fileio.staged_dir)."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with staged_dir(out) as tmp:
+        _render_into(tmp, plan, workers, progress)
+    return out
+
+
+def _render_into(tmp: Path, plan: ArchivePlan, workers: int, progress: bool) -> None:
     for exam_id in plan.manifest["exam_id"].unique():
         (tmp / IMAGES_DIR / exam_id).mkdir(parents=True, exist_ok=True)
     size = plan.info.image_size
@@ -263,7 +268,3 @@ def write_archive(plan: ArchivePlan, out: Path, workers: int = 0, progress: bool
                 bar.update(n)
     bar.close()
     write_dataset(tmp, plan.info, plan.manifest, plan.reports)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
