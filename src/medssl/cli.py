@@ -1,15 +1,19 @@
 """The `medssl` command line: parse, resolve the config, call a stage, print, set the exit code.
 
-Exit codes: 0 success, 1 the data failed validation, 2 a usage/config/data-contract error (printed
-as one line, never a traceback).
+Exit codes (medssl.errors): 0 success, 1 the data failed validation, 2 usage / config / input
+data, 3 environment (MLflow, S3, KFP, output folder, memory), 70 a bug, 130 interrupted. Errors are
+one line; `--debug` (or MEDSSL_DEBUG=1) adds the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +25,15 @@ from medssl import __version__
 from medssl.cli_options import ParamsOption, SetOption
 from medssl.cli_pipeline import pipeline_app
 from medssl.config import DEFAULT_PARAMS, Params, load_params
-from medssl.errors import MedsslError
+from medssl.errors import (
+    DEBUG_ENV,
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    debug_enabled,
+    one_line,
+    translate,
+)
 
 app = typer.Typer(
     name="medssl",
@@ -73,8 +85,17 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1)."),
+    ] = False,
 ) -> None:
-    """medssl: validated, versioned, tracked self-/semi-supervised pipelines."""
+    """medssl: validated, versioned, tracked self-/semi-supervised pipelines.
+
+    Exit codes: 0 ok, 1 validation failed, 2 usage/config/input data, 3 environment (MLflow,
+    S3, Kubeflow, output folder, memory), 70 a bug, 130 interrupted."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @config_app.command("show")
@@ -243,8 +264,10 @@ def train_cmd(
 ) -> None:
     """Train a model with `train.method` (one loop for every method); early stopping on val F1."""
     cfg = _params(params, set_)
+    from medssl.data.contract import read_info
     from medssl.stages.train import train
 
+    read_info(dataset)  # a wrong path is the first thing to say, before MLflow is contacted
     with _tracked("train", cfg, dataset, track) as tracker:
         result = train(dataset, out, cfg.train, resume=resume, tracker=tracker)
     typer.echo(result.describe())
@@ -253,9 +276,10 @@ def train_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder (from `medssl train`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")] = Path(
-        "reports/evaluate"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Report folder to write (default: MODEL_DIR/eval)."),
+    ] = None,
     track: TrackOption = True,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
@@ -267,25 +291,34 @@ def evaluate_cmd(
     with _tracked("evaluate", cfg, None, track) as tracker:
         result = evaluate(model_dir, out, cfg.evaluate, tracker=tracker)
     typer.echo(format_table(result))
+    typer.echo(f"wrote {result.out_dir}/")
 
 
 @app.command("register")
 def register_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder (from `medssl train`).")],
-    eval_dir: Annotated[Path, typer.Option("--eval", help="Evaluate output folder.")] = Path(
-        "reports/evaluate"
-    ),
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option("--eval", help="The model's evaluate folder (default: MODEL_DIR/eval)."),
+    ] = None,
     dataset: Annotated[
-        Path, typer.Option("--dataset", help="Dataset the model was trained on.")
-    ] = Path("data/splits"),
+        Path | None,
+        typer.Option(
+            "--dataset",
+            help="Split dataset the model was tested on; the champion is scored on it "
+            "(default: the one MODEL_DIR/train.json records).",
+        ),
+    ] = None,
     record: Annotated[
-        Path, typer.Option("--record", help="JSON file for the version and gate decision.")
-    ] = Path("reports/register.json"),
+        Path | None,
+        typer.Option("--record", help="Also write the version and gate decision to this JSON."),
+    ] = None,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Log and register the model in MLflow as `challenger`; promote it to `champion` if it beats
-    the champion by `register.margin` on `register.metric`."""
+    the champion by `register.margin` on `register.metric`, the champion being scored on the same
+    test split first (register.rescore_champion)."""
     cfg = _params(params, set_)
     from medssl.stages.register import register
 
@@ -350,27 +383,58 @@ def models_promote(
     typer.echo(promote(model, version, reason).describe())
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage output readable
+def run(args: list[str]) -> int:
+    """Run the command line `args` and return its exit code (medssl.errors): a user or
+    environment error is one line on stderr, a bug prints its traceback."""
     try:
-        rv = app(standalone_mode=False)
-    except MedsslError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        sys.exit(2)
-    except (click.exceptions.Abort, typer.Abort):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        rv = app(args=args, prog_name="medssl", standalone_mode=False)
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        return exc.exit_code
+    except SystemExit as exc:  # click exits by itself on a closed stdout (`medssl -h | head`)
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else 1
+    except (click.exceptions.Abort, typer.Abort):  # click's form of Ctrl-C
+        typer.secho("error: interrupted", err=True, fg="red")
+        return EXIT_INTERRUPTED
     # typer >= 0.20 vendors click: its usage errors derive from TyperException, not click's
     except (click.ClickException, TyperException) as exc:
         if hasattr(exc, "show"):
             exc.show()
         else:
             typer.secho(f"error: {exc.format_message()}", err=True, fg="red")
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Exit, typer.Exit) as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return exc.exit_code
+    except BaseException as exc:
+        return _report(exc)
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _report(exc: BaseException) -> int:
+    error = translate(exc)
+    if error is None or debug_enabled():
+        traceback.print_exception(exc)
+    if error is None:
+        typer.secho(
+            f"error: internal error ({type(exc).__name__}: {one_line(exc)}); this is a bug: "
+            "please report it with the traceback above",
+            err=True,
+            fg="red",
+        )
+        return EXIT_BUG
+    typer.secho(f"error: {one_line(error, 1000)}", err=True, fg="red")
+    return error.exit_code
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (Kubernetes stopping a pod, `kill`) ends a command like Ctrl-C: outputs stay
+    complete or absent, a training checkpoint is kept."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (exit codes: medssl.errors)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stage output readable
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use)
+        signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(run(sys.argv[1:] if argv is None else list(argv)))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import typer
 
 from medssl.cli_options import ParamsOption, SetOption
 from medssl.config import DEFAULT_PARAMS, Params, load_params
-from medssl.errors import ConfigError, MedsslError
+from medssl.errors import ConfigError, MedsslError, ServiceError
 
 PIPELINE_FILE = Path("pipelines/training.py")
 DATA_PARAMS = ("data_repo", "data_rev", "data_path")
@@ -43,8 +43,8 @@ pipeline_app = typer.Typer(
 )
 
 
-class SubmitError(MedsslError):
-    """The KFP API could not be reached or refused the request."""
+class SubmitError(ServiceError):
+    """The KFP API could not be reached or refused the request (exit code 3)."""
 
 
 PipelineFileOption = Annotated[
@@ -240,8 +240,12 @@ def compile_cmd(
 @pipeline_app.command("run")
 def run_cmd(
     local: Annotated[
-        bool, typer.Option("--local", help="Run here with kfp.local (the only mode).")
-    ] = False,
+        bool,
+        typer.Option(
+            "--local/--cluster",
+            help="Run here with kfp.local (the default); a cluster run is `pipeline submit`.",
+        ),
+    ] = True,
     root: Annotated[
         Path, typer.Option("--root", help="Folder for the steps' outputs (pipeline root).")
     ] = Path(".kfp-local"),
@@ -262,7 +266,8 @@ def run_cmd(
         ),
     ] = False,
 ) -> None:
-    """Run the pipeline here with kfp.local (ignores resource and Kubernetes settings).
+    """Run the pipeline here with kfp.local (ignores resource and Kubernetes settings); exit 1
+    when a step fails.
 
     The same DAG as on a cluster, on params.yaml + overrides (e.g. `-S data.size=tiny`), one
     process per step (kfp.local SubprocessRunner) in this Python environment. The local runner
@@ -271,7 +276,10 @@ def run_cmd(
     refuses container components; retries, caching and the exit handler work as on a cluster.
     """
     if not local:
-        raise ConfigError("only `--local` runs here; use `medssl pipeline submit` for a cluster")
+        raise ConfigError(
+            "`pipeline run` runs here with kfp.local; for a cluster use `medssl pipeline submit "
+            "--host …`"
+        )
     arguments = _resolve(params, set_, param, data_repo, data_rev, data_path, local=True)
     module = load_pipeline(find_pipeline_file(pipeline_file))
     from kfp import local as kfp_local
@@ -394,6 +402,33 @@ def submit_cmd(
     package: Annotated[
         Path | None, typer.Option("--package", help="Also keep the compiled spec here.")
     ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            envvar="KFP_NAMESPACE",
+            help="Kubeflow profile namespace of a multi-user deployment (default: the "
+            "client's context, or kubeflow).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="KFP_TOKEN",
+            show_default=False,
+            help="Bearer token for the KFP API (an OIDC id token, `kubectl create token …`); "
+            "prefer the KFP_TOKEN variable to the command line.",
+        ),
+    ] = None,
+    sa_token: Annotated[
+        Path | None,
+        typer.Option(
+            "--sa-token",
+            help="A projected service-account token file (in a pod: "
+            "/var/run/secrets/kubeflow/pipelines/token), refreshed by the kubelet.",
+        ),
+    ] = None,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
     pipeline_file: PipelineFileOption = None,
@@ -411,8 +446,9 @@ def submit_cmd(
             set_caching(spec, cache)
         typer.echo(f"compiled {module.PIPELINE_NAME} → {spec}")
         host = host.rstrip("/")
-        _probe(host)
-        kind, run_id, url = _submit(host, experiment, spec, arguments, cron, run_name)
+        auth = Auth(namespace=namespace, token=token, sa_token=sa_token)
+        _probe(host, auth.bearer())
+        kind, run_id, url = _submit(host, experiment, spec, arguments, cron, run_name, auth)
     typer.echo(f"submitted {kind} {run_id} to experiment {experiment!r}")
     typer.echo(f"run: {url}")
 
@@ -430,14 +466,54 @@ def set_caching(spec: Path, enabled: bool) -> None:
     spec.write_text(yaml.safe_dump_all(docs, sort_keys=True))
 
 
-def _probe(host: str, timeout: float = 10.0) -> None:
+class Auth:
+    """How `submit` authenticates to a (multi-user) Kubeflow: a namespace, and a bearer token
+    given directly or read from a service-account token file."""
+
+    def __init__(
+        self, namespace: str | None = None, token: str | None = None, sa_token: Path | None = None
+    ) -> None:
+        if token and sa_token:
+            raise ConfigError("--token and --sa-token: give one of them")
+        if sa_token is not None and not sa_token.is_file():
+            raise ConfigError(f"--sa-token {sa_token}: file not found")
+        self.namespace, self.token, self.sa_token = namespace, token, sa_token
+
+    def bearer(self) -> str | None:
+        if self.sa_token is not None:
+            return self.sa_token.read_text().strip()
+        return self.token
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.namespace:
+            kwargs["namespace"] = self.namespace
+        if self.sa_token is not None:
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(str(self.sa_token))
+        elif self.token:
+            kwargs["existing_token"] = self.token
+        return kwargs
+
+
+def _probe(host: str, token: str | None = None, timeout: float = 10.0) -> None:
     """One request to the KFP health endpoint; a one-line SubmitError when it is unreachable
-    (kfp.Client itself retries for half a minute and then prints a traceback)."""
+    or refuses the credentials (kfp.Client itself retries for half a minute and then prints a
+    traceback)."""
     url = f"{host}/apis/v2beta1/healthz"
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
     except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise SubmitError(
+                f"KFP API at {host} refused the request (HTTP {exc.code}): give a token "
+                "(KFP_TOKEN / --token, or --sa-token in a pod) with access to the namespace"
+            ) from None
         raise SubmitError(f"KFP API at {host}: HTTP {exc.code} from {url}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -451,16 +527,18 @@ def _submit(
     arguments: dict[str, Any],
     cron: str | None,
     run_name: str | None,
+    auth: Auth | None = None,
 ) -> tuple[str, str, str]:
     """(kind, id, UI url) of the created run or recurring run."""
     import kfp
     import kfp_server_api
 
+    auth = auth or Auth()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2+"
-            client = kfp.Client(host=host)
-        exp = client.create_experiment(name=experiment)
+            client = kfp.Client(host=host, **auth.client_kwargs())
+        exp = client.create_experiment(name=experiment, namespace=auth.namespace)
         if cron:
             name = run_name or f"medssl-training {cron}"
             rr = client.create_recurring_run(
@@ -488,6 +566,8 @@ def _submit(
         return "run", result.run_id, f"{host}/#/runs/details/{result.run_id}"
     except kfp_server_api.ApiException as exc:
         body = " ".join(str(exc.body or "").split())[:300]
+        if exc.status in (401, 403):
+            body += " (check the token and --namespace)"
         raise SubmitError(f"KFP API error {exc.status} {exc.reason}: {body}") from None
     except Exception as exc:  # urllib3 connection errors and the like, after the probe passed
         if isinstance(exc, MedsslError):

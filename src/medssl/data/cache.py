@@ -1,12 +1,13 @@
 """Decoded-image cache: every image of a dataset decoded ONCE into a memory-mapped uint8 array
 [N, H, W] (grey) or [N, H, W, 3] (RGB), one row per manifest row, in manifest order.
 
-The file is `<cache_dir>/<dataset name>-<key>.npy`; the key hashes the manifest bytes, dataset.yaml
-and the image folder, so a changed dataset gets a new cache (old ones can be deleted at will).
+The file is `<cache_dir>/<dataset name>-<key>.npy`; the key hashes the manifest bytes, dataset.yaml,
+the image folder and each image file's size and modification time, so a changed dataset (also an
+image edited in place) gets a new cache (old ones can be deleted at will).
 Images are resized to `info.image_size` when needed; 16-bit images are scaled to 8 bits. Decoding
 runs in a pool of processes that write straight into the memory map; the file is built under a
-temporary name and renamed at the end, so a killed run never leaves a half cache behind. Image
-files edited in place under an unchanged manifest are not detected (re-run with a fresh cache_dir).
+temporary name and renamed at the end, so a killed run never leaves a half cache behind. A missing
+or undecodable image is a one-line DataContractError naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medssl.errors import DataContractError, one_line
+from medssl.fileio import atomic_write_text, output_errors
 from medssl.parallel import map_chunks
 
 if TYPE_CHECKING:
@@ -57,14 +60,32 @@ class ImageCache:
 
 
 def dataset_key(dataset: Dataset) -> str:
-    """Hash of what the decoded pixels depend on: manifest bytes, dataset.yaml, image folder."""
+    """Hash of what the decoded pixels depend on: manifest bytes, dataset.yaml, the image folder
+    and every image file's size and modification time (an image edited in place under an
+    unchanged manifest gets a new cache). A listed image that is missing is a one-line error."""
     from medssl.data.contract import INFO_FILE, MANIFEST_FILE
 
     digest = hashlib.sha256(CACHE_VERSION)
     for name in (MANIFEST_FILE, INFO_FILE):
         digest.update((dataset.root / name).read_bytes())
     digest.update(str(dataset.image_dir.resolve()).encode())
+    stats = np.empty((len(dataset.manifest), 2), dtype=np.int64)
+    for i, rel in enumerate(dataset.manifest["image"]):
+        path = dataset.image_path(rel)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise missing_image(dataset, path) from None
+        stats[i] = (st.st_size, st.st_mtime_ns)
+    digest.update(stats.tobytes())
     return digest.hexdigest()[:20]
+
+
+def missing_image(dataset: Dataset, path: Path) -> DataContractError:
+    return DataContractError(
+        f"{path}: image listed in {dataset.root}/manifest.parquet is missing (run `medssl "
+        "validate` on the dataset)"
+    )
 
 
 def open_cache(
@@ -85,7 +106,8 @@ def open_cache(
     path = cache_dir / f"{dataset.info.name}-{key}.npy"
     built = False
     if not path.is_file():
-        _build(dataset, path, workers, progress, chunk_size, parallel_from)
+        with output_errors(path):  # a full or read-only cache_dir: one line naming it
+            _build(dataset, path, workers, progress, chunk_size, parallel_from)
         built = True
     images = np.load(path, mmap_mode="r")
     return ImageCache(path=path, images=images, built=built, key=key)
@@ -129,7 +151,7 @@ def _build(
         tmp.unlink(missing_ok=True)
         raise
     index = {"dataset": str(dataset.root), "images": len(files), "shape": list(shape)}
-    path.with_suffix(".json").write_text(json.dumps(index, indent=2) + "\n")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(index, indent=2) + "\n")
 
 
 def _decode_chunk(
@@ -138,7 +160,17 @@ def _decode_chunk(
     array = np.load(array_path, mmap_mode="r+")
     n = 0
     for i, file in enumerate(files):
-        array[start + i] = decode_image(Path(file), *spec)
+        try:
+            array[start + i] = decode_image(Path(file), *spec)
+        except FileNotFoundError:
+            raise DataContractError(
+                f"{file}: image missing (run `medssl validate` on the dataset)"
+            ) from None
+        except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for bad files
+            raise DataContractError(
+                f"{file}: cannot decode the image ({one_line(exc, 120)}); run `medssl validate` "
+                "on the dataset"
+            ) from None
         n += 1
     array.flush()
     del array

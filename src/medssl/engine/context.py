@@ -75,12 +75,13 @@ class Context:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     @contextmanager
-    def inference(self, model: nn.Module) -> Iterator[nn.Module]:
-        """eval mode, no grad, autocast; restores the previous mode afterwards."""
+    def inference(self, model: nn.Module, *, autocast: bool = True) -> Iterator[nn.Module]:
+        """eval mode, no grad, autocast (unless `autocast` is False: float32 throughout, as for
+        the predictions a model is judged on); restores the previous mode afterwards."""
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.autocast() if autocast else nullcontext():
                 yield model
         finally:
             model.train(was_training)

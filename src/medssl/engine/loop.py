@@ -39,7 +39,7 @@ from medssl.engine.checkpoint import (
 from medssl.engine.context import Context, resolve_device
 from medssl.engine.early_stopping import EarlyStopping
 from medssl.engine.method import Method, StepOutput
-from medssl.errors import ConfigError
+from medssl.errors import ConfigError, ResourceError
 from medssl.tracking.base import NullTracker, Tracker
 
 CHECKPOINT_FILE = "last.pt"
@@ -191,6 +191,7 @@ class Trainer:
                 "method": self.method.state_dict(),
                 "rng": rng_state(),
                 "generator": self.ctx.generator.get_state(),
+                "device_type": self.ctx.device.type,
                 "early_stopping": early,
                 "loop": asdict(self.state),
             }
@@ -218,7 +219,18 @@ class Trainer:
         self.early.load_state_dict(ckpt["early_stopping"])
         self.state = LoopState(**ckpt["loop"])
         set_rng_state(ckpt["rng"])
-        self.ctx.generator.set_state(ckpt["generator"])
+        saved_device = ckpt.get("device_type", self.ctx.device.type)
+        if saved_device == self.ctx.device.type:
+            self.ctx.generator.set_state(ckpt["generator"])
+        else:
+            # a CUDA generator's state (seed, offset) cannot seed a CPU one or back: the run
+            # continues with the augmentation stream re-seeded from (seed, step), not bit-exact
+            self.ctx.generator.manual_seed(self.cfg.seed * 1_000_003 + self.state.step)
+            tqdm.write(
+                f"resuming a {saved_device} checkpoint on {self.ctx.device.type}: weights, "
+                "optimizer and sampler state restored; augmentations re-seeded (not bit-exact)",
+                file=sys.stderr,
+            )
         if self.state.finished and not self.state.stopped_early and not self._budget_spent():
             self.state.finished = False  # resumed with a larger budget: train on
 
@@ -251,10 +263,18 @@ class Trainer:
         try:
             with bar:
                 self._run(bar)
-        except BaseException:
+        except BaseException as exc:
             # the checkpoint in flight still reaches the disk when training is interrupted
             with contextlib.suppress(Exception):
                 self.writer.wait()
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                cfg = self.cfg
+                raise ResourceError(
+                    f"out of GPU memory on {self.ctx.device} at step {self.state.step} with "
+                    f"train.max_batch_images={cfg.max_batch_images}, batch_exams="
+                    f"{cfg.batch_exams}, backbone {cfg.backbone}: lower them, e.g. -S "
+                    f"train.max_batch_images={max(1, cfg.max_batch_images // 2)}"
+                ) from exc
             raise
         self.writer.wait()
         if self.method.monitor is not None:

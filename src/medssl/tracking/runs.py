@@ -14,8 +14,9 @@ failed stage and the ones after it, and they belong with the stages that were ca
 ends FINISHED when the `register` stage ends without error; any stage that raises marks its own
 run and the parent FAILED (KILLED on Ctrl-C).
 
-Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory (model and
-run artifacts then go to MLflow's default for that store, ./mlruns). S3 artifact stores are
+Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<root>/mlflow.db` with artifacts in
+<root>/mlruns, where <root> is $DVC_ROOT or the working directory (medssl.tracking.uri). S3
+artifact stores are
 configured the usual way (AWS_* / MLFLOW_S3_ENDPOINT_URL environment variables) and need nothing
 here. `MEDSSL_TRACKING=off` makes `stage_run` yield a `NullTracker`.
 """
@@ -46,8 +47,9 @@ from medssl import __version__
 from medssl.config import Params
 from medssl.errors import ConfigError
 from medssl.tracking.base import NullTracker, Tracker
+from medssl.tracking.uri import check as check_store
+from medssl.tracking.uri import default_artifact_location, tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_RUN_ENV = "MEDSSL_PIPELINE_RUN_ID"
 TRACKING_SWITCH_ENV = "MEDSSL_TRACKING"
 FINAL_STAGE = "register"
@@ -71,14 +73,6 @@ _MAX_TAG_VALUE = 5000
 _BAD_KEY_CHARS = re.compile(r"[^\w\-./ :]")
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else sqlite:///<working directory>/mlflow.db."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
 def tracking_enabled() -> bool:
     """False when `MEDSSL_TRACKING` is 0 / off / false / no."""
     return os.environ.get(TRACKING_SWITCH_ENV, "").strip().lower() not in {
@@ -89,11 +83,12 @@ def tracking_enabled() -> bool:
     }
 
 
-def client() -> MlflowClient:
+def client(*, read_only: bool = False) -> MlflowClient:
     """A client on `tracking_uri()` (the model registry follows the tracking store unless
-    MLFLOW_REGISTRY_URI says otherwise). Also points MLflow's fluent API (used by
-    mlflow.pytorch.log_model / register_model) at the same store."""
-    uri = tracking_uri()
+    MLFLOW_REGISTRY_URI says otherwise), after a fast check that the store is reachable (one
+    line instead of minutes of retries); `read_only` never creates a sqlite database. Also points
+    MLflow's fluent API (used by mlflow.pytorch.log_model) at the same store."""
+    uri = check_store(tracking_uri(), must_exist=read_only)
     # Never call set_tracking_uri when the variable is set: a global set once would then win over
     # a later change of the variable (tests, notebooks). Only correct a different global.
     if mlflow.get_tracking_uri() != uri:
@@ -133,17 +128,41 @@ def _git(args: list[str], cwd: Path | None) -> str | None:
 
 
 def data_hash(dataset_dir: Path | str) -> tuple[str, str] | None:
-    """(hash, source) of a dataset folder: DVC's md5 of that path from the nearest dvc.lock (the
-    working directory's, else one in a parent folder of the dataset), else a sha256 of the
-    folder's dataset.yaml + manifest.parquet. None when neither exists."""
+    """(hash, source) of a dataset folder, covering its images: DVC's md5 of that path from the
+    nearest dvc.lock (the working directory's, else one in a parent folder of the dataset), else
+    a sha256 of dataset.yaml + manifest.parquet + the bytes of every listed image. A dataset
+    whose images live in another dataset folder (`image_root`, e.g. the split stage's output)
+    combines its own hash with that folder's. None when the folder is no dataset."""
     path = Path(dataset_dir).resolve()
+    found = _lock_hash(path) or _content_hash(path)
+    images = _image_root(path)
+    if found is None or images is None or images == path:
+        return found
+    other = data_hash(images)
+    if other is None:
+        return found
+    combined = hashlib.sha256(f"{found[0]}+{other[0]}".encode()).hexdigest()
+    return combined, f"{found[1]} + images {other[1]}"
+
+
+def _lock_hash(path: Path) -> tuple[str, str] | None:
     for root in dict.fromkeys([Path.cwd().resolve(), *path.parents]):
         lock = root / "dvc.lock"
         if lock.is_file():
             found = _dvc_lock_hash(lock, path)
             if found:
                 return found
-    return _content_hash(path)
+    return None
+
+
+def _image_root(path: Path) -> Path | None:
+    """The folder a dataset's image paths are relative to, when not the dataset itself."""
+    try:
+        info = yaml.safe_load((path / "dataset.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    root = info.get("image_root", ".") if isinstance(info, dict) else "."
+    return None if root in (".", "", None) else (path / str(root)).resolve()
 
 
 def _dvc_lock_hash(lock: Path, path: Path) -> tuple[str, str] | None:
@@ -169,11 +188,30 @@ def _content_hash(path: Path) -> tuple[str, str] | None:
     for f in files:
         digest.update(f.name.encode() + b"\0")
         if f.is_file():
-            with f.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            _update_file(digest, f)
         digest.update(b"\0")
-    return digest.hexdigest(), "sha256(dataset.yaml+manifest.parquet)"
+    source = "sha256(dataset.yaml+manifest.parquet"
+    if _image_root(path) is None and files[1].is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            images = pq.read_table(files[1], columns=["image"]).column(0).to_pylist()
+        except Exception:  # not a readable manifest: hash what there is
+            images = []
+        for rel in sorted(str(i) for i in images if i is not None):
+            digest.update(rel.encode() + b"\0")
+            image = path / rel
+            if image.is_file():
+                _update_file(digest, image)
+            digest.update(b"\0")
+        source += "+images"
+    return digest.hexdigest(), source + ")"
+
+
+def _update_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -282,7 +320,9 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return mlflow_client.create_experiment(name)
+            return mlflow_client.create_experiment(
+                name, artifact_location=default_artifact_location()
+            )
         except MlflowException as exc:  # created by a concurrent process in between
             exp = mlflow_client.get_experiment_by_name(name)
             if exp is None:
