@@ -124,7 +124,7 @@ def test_mlflow_server_stores_models_in_s3(s3, mlflow_server, monkeypatch, tmp_p
         "image_size": 16,
         "task": "multilabel",
     }
-    metrics = {"f1_weighted": 0.5, "precision_weighted": 0.5, "recall_weighted": 0.5}
+    metrics = {"test_f1_weighted": 0.5, "test_precision_weighted": 0.5, "test_recall_weighted": 0.5}
     torch.manual_seed(0)
     model = Tiny().eval()
     example = np.random.default_rng(0).random((1, 1, 16, 16), dtype=np.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -20,10 +21,13 @@ from mlflow import MlflowClient
 import mlflow_server
 from medssl.config import RegisterConfig, load_params
 from medssl.errors import ConfigError, MedsslError
+from medssl.fileio import sha256_file
+from medssl.stages.evaluate import scored_inputs
 from medssl.tracking import NullTracker, Tracker, stage_run
 from medssl.tracking.registry import (
     CHALLENGER,
     CHAMPION,
+    ChampionScore,
     compare,
     format_compare,
     format_versions,
@@ -122,10 +126,10 @@ def _metrics(f1: float) -> dict:
         for c in META["classes"]
     }
     return {
-        "f1_weighted": f1,
-        "precision_weighted": f1 - 0.01,
-        "recall_weighted": f1 + 0.01,
-        "n_test_images": 20,
+        "test_f1_weighted": f1,
+        "test_precision_weighted": f1 - 0.01,
+        "test_recall_weighted": f1 + 0.01,
+        "test_images": 20,
         "per_class": per_class,
     }
 
@@ -275,6 +279,39 @@ def test_data_hash_from_dvc_lock_or_content(tmp_path, monkeypatch):
     assert data_hash(tmp_path / "empty") is None
 
 
+def test_data_hash_covers_the_images(tiny_archive, tiny_params, tmp_path, monkeypatch):
+    """A split dataset points at its input's images: its hash changes when an image does, also
+    when the manifest does not (content fallback and dvc.lock alike)."""
+    import shutil
+
+    from medssl.stages.split import split
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_archive, tmp_path / "archive")
+    split(tmp_path / "archive", tmp_path / "splits", tiny_params.split)
+    before, source = data_hash(tmp_path / "splits")
+    assert source == (
+        "sha256(dataset.yaml+manifest.parquet) + images sha256(dataset.yaml+manifest.parquet"
+        "+images)"
+    )
+    image = next((tmp_path / "archive" / "images").rglob("*.png"))
+    image.write_bytes(image.read_bytes() + b"\0")  # edited in place
+    assert data_hash(tmp_path / "splits")[0] != before
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "synth": {"outs": [{"path": "archive", "md5": "a1.dir"}]},
+            "split": {"outs": [{"path": "splits", "md5": "s1.dir"}]},
+        },
+    }
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    one = data_hash(tmp_path / "splits")
+    assert one[1] == "dvc.lock:split + images dvc.lock:synth"
+    lock["stages"]["synth"]["outs"][0]["md5"] = "a2.dir"  # new images, same split tables
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    assert data_hash(tmp_path / "splits")[0] != one[0]
+
+
 def test_git_commit_of_the_repo():
     commit = git_commit(REPO)
     if (REPO / ".git").exists():
@@ -308,19 +345,19 @@ def _alias(name: str, alias: str) -> str:
 def test_registry_flow_and_gate(store, tmp_path):
     name = f"organs-{'http' if store.startswith('http') else 'sqlite'}"
     mc = MlflowClient()
-    metric, margin = "f1_weighted", 0.02
+    metric, margin = "test_f1_weighted", 0.02
 
     # 1. the first version becomes champion
     v1, _, run1 = _log(name, 0.60, "0.001", 1)
     assert _alias(name, CHALLENGER) == v1
     tags = _tags(name, v1)
-    assert tags["medssl.metric.f1_weighted"] == "0.6"
+    assert tags["medssl.metric.test_f1_weighted"] == "0.6"
     assert tags["medssl.run_id"] == run1
     assert json.loads(tags["medssl.metrics"])["per_class"]["c0"]["f1"] == 0.6
     d1 = gate(name, v1, metric, margin)
     assert d1.promoted and d1.decision == "promoted" and d1.champion is None
     assert _alias(name, CHAMPION) == v1
-    assert _tags(name, v1)["medssl.gate.champion_f1_weighted"] == "none"
+    assert _tags(name, v1)["medssl.gate.champion_test_f1_weighted"] == "none"
 
     # 2. a worse challenger is refused; both numbers and the decision are in its tags
     v2, _, _ = _log(name, 0.50, "0.002", 2)
@@ -328,8 +365,9 @@ def test_registry_flow_and_gate(store, tmp_path):
     assert not d2.promoted and d2.decision == "refused"
     tags = _tags(name, v2)
     assert tags["medssl.gate.decision"] == "refused"
-    assert float(tags["medssl.gate.challenger_f1_weighted"]) == 0.5
-    assert float(tags["medssl.gate.champion_f1_weighted"]) == 0.6
+    assert float(tags["medssl.gate.challenger_test_f1_weighted"]) == 0.5
+    assert float(tags["medssl.gate.champion_test_f1_weighted"]) == 0.6
+    assert tags["medssl.gate.champion_source"] == "recorded"
     assert tags["medssl.gate.champion_version"] == v1
     assert float(tags["medssl.gate.margin"]) == margin
     assert _alias(name, CHAMPION) == v1 and _alias(name, CHALLENGER) == v2
@@ -358,7 +396,7 @@ def test_registry_flow_and_gate(store, tmp_path):
     tags = _tags(name, v4)
     assert tags["medssl.gate.decision"] == "manual"
     assert tags["medssl.gate.reason"] == "reviewed by radiology"
-    assert float(tags["medssl.gate.champion_f1_weighted"]) == 0.7
+    assert float(tags["medssl.gate.champion_test_f1_weighted"]) == 0.7
     assert _alias(name, CHAMPION) == v4
     assert _tags(name, v3)["medssl.champion.lost_reason"].startswith("manual promotion")
     history = json.loads(_tags(name, v3)["medssl.champion.history"])
@@ -379,7 +417,7 @@ def test_registry_flow_and_gate(store, tmp_path):
     text = format_versions(name, table)
     assert "champion" in text and "0.7100" in text
     cmp = compare(name, v3, CHAMPION)
-    assert cmp["metrics"]["f1_weighted"] == (0.70, 0.71)
+    assert cmp["metrics"]["test_f1_weighted"] == (0.70, 0.71)
     assert cmp["per_class"]["c0"]["f1"] == (0.70, 0.71)
     assert cmp["config_diff"] == {}  # same lr for v3 and v4
     assert compare(name, v1, v2)["config_diff"]["train.lr"] == ("0.001", "0.002")
@@ -401,6 +439,42 @@ def test_registry_flow_and_gate(store, tmp_path):
     assert tuple(info.signature.outputs.inputs[0].shape) == (-1, 7)
 
 
+def test_fair_gate_scores_the_champion_on_the_challengers_data(store):
+    """Planted: a worse challenger whose own number beats the champion's recorded number (the
+    champion was tested on harder data). Scored on the challenger's test split the champion is
+    better, so the challenger is refused; an unscorable champion, or recorded numbers from
+    different data, refuse too. Never a worse challenger promoted."""
+    name = "fair-gate"
+    metric = "test_f1_weighted"
+    v1, _, _ = _log(name, 0.55, "0.001", 1)  # champion; 0.55 on its own (harder) test data
+    assert gate(name, v1, metric).promoted
+    mc = MlflowClient()
+    v2, _, _ = _log(name, 0.60, "0.002", 2)  # 0.60 > 0.55 as recorded, but worse on its data
+
+    def rescored(value, note=""):
+        return lambda champ: ChampionScore(value, "rescored", note)
+
+    d2 = gate(name, v2, metric, scorer=rescored(0.72))
+    assert not d2.promoted and d2.champion == 0.72 and d2.champion_recorded == 0.55
+    tags = _tags(name, v2)
+    assert tags["medssl.gate.champion_source"] == "rescored"
+    assert float(tags["medssl.gate.champion_test_f1_weighted"]) == 0.72
+    assert float(tags["medssl.gate.champion_recorded_test_f1_weighted"]) == 0.55
+    assert "on this version's test split" in tags["medssl.gate.reason"]
+    assert _alias(name, CHAMPION) == v1
+
+    blocked = gate(name, v2, metric, scorer=rescored(None, "its classes differ"))
+    assert not blocked.promoted and "its classes differ" in blocked.reason
+    # without rescoring, numbers measured on other data are not compared
+    mc.set_model_version_tag(name, v1, "medssl.data.hash", "aaa")
+    mc.set_model_version_tag(name, v2, "medssl.data.hash", "bbb")
+    other_data = gate(name, v2, metric)
+    assert not other_data.promoted and "other test data" in other_data.reason
+    # the fair comparison promotes a challenger that really is better
+    better = gate(name, v2, metric, scorer=rescored(0.58))
+    assert better.promoted and _alias(name, CHAMPION) == v2
+
+
 # ---------------------------------------------------------------------------------------------
 # the register stage
 
@@ -417,13 +491,16 @@ def model_dir(tmp_path):
     meta = {**META, "backbone": "resnet18", "classes": classes, "image_size": 32}
     save_model(out / "model.pt", model, meta)
     (out / "train.json").write_text(json.dumps({"method": "supervised", "label_fraction": 0.5}))
+    pd.DataFrame({"image": ["a.png"], "score_liver": [0.5]}).to_parquet(out / "predictions.parquet")
     return out
 
 
-def _eval_dir(root: Path, f1: float) -> Path:
+def _eval_dir(root: Path, f1: float, model_dir: Path) -> Path:
+    """An evaluate folder with this model's own inputs and the given weighted F1."""
     out = root / f"eval-{f1}"
     out.mkdir()
-    (out / "metrics.json").write_text(json.dumps(_metrics(f1)))
+    metrics = {**_metrics(f1), "inputs": scored_inputs(model_dir)}
+    (out / "metrics.json").write_text(json.dumps(metrics))
     return out
 
 
@@ -431,12 +508,19 @@ def test_register_stage(store, model_dir, tmp_path):
     from medssl.models import load_model
     from medssl.stages.register import register
 
-    cfg = RegisterConfig(model_name="stage-organs", experiment="stage", margin=0.01)
+    cfg = RegisterConfig(
+        model_name="stage-organs", experiment="stage", margin=0.01, rescore_champion=False
+    )
     params = _params("stage", "register.model_name=stage-organs", "register.margin=0.01")
     record = tmp_path / "reports" / "register.json"  # its folder does not exist yet
     with stage_run("register", params) as tracker:
         result = register(
-            model_dir, _eval_dir(tmp_path, 0.8), None, cfg, tracker=tracker, record=record
+            model_dir,
+            _eval_dir(tmp_path, 0.8, model_dir),
+            None,
+            cfg,
+            tracker=tracker,
+            record=record,
         )
     assert result.promoted and result.version == "1" and result.challenger == 0.8
     assert "promoted to champion" in result.describe() and "\n" not in result.describe()
@@ -449,8 +533,12 @@ def test_register_stage(store, model_dir, tmp_path):
     assert tags["medssl.train.label_fraction"] == "0.5"
     assert tags["medssl.model.backbone"] == "resnet18"
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.metrics["test.f1_weighted"] == 0.8
-    assert run.data.metrics["test.c0.f1"] == 0.8
+    # the names of metrics.json, as the evaluate run and the version tags use them
+    assert run.data.metrics["test_f1_weighted"] == 0.8
+    assert run.data.metrics["test_f1_c0"] == 0.8
+    assert run.data.metrics["gate_challenger"] == 0.8
+    assert tags["medssl.metric.test_f1_weighted"] == "0.8"
+    assert tags["medssl.model.sha256"] == sha256_file(model_dir / "model.pt")
     assert run.data.tags["medssl.gate.decision"] == "promoted"
 
     model, _ = load_model(model_dir / "model.pt")
@@ -460,10 +548,41 @@ def test_register_stage(store, model_dir, tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
 
     # NullTracker: the model is still registered (no run); a worse one is refused
-    second = register(model_dir, _eval_dir(tmp_path, 0.805), None, cfg, tracker=NullTracker())
+    second = register(
+        model_dir, _eval_dir(tmp_path, 0.805, model_dir), None, cfg, tracker=NullTracker()
+    )
     assert not second.promoted and second.champion == 0.8 and second.run_id is None
     assert "stays challenger" in second.describe()
 
     bad = RegisterConfig(model_name="stage-organs", metric="auc")
     with pytest.raises(ConfigError, match=r"register\.metric=.auc."):
-        register(model_dir, _eval_dir(tmp_path, 0.9), None, bad, tracker=NullTracker())
+        register(model_dir, _eval_dir(tmp_path, 0.9, model_dir), None, bad, tracker=NullTracker())
+
+
+def test_a_retried_register_in_the_same_pipeline_run_registers_once(
+    store, model_dir, tmp_path, monkeypatch
+):
+    """KFP retries register: the same model.pt under the same parent run (the KFP run's, given
+    as MEDSSL_PIPELINE_RUN_ID) gives the same version and decision; another pipeline run
+    registers a new version."""
+    from medssl.stages.register import register
+
+    cfg = RegisterConfig(model_name="retried", experiment="retried", rescore_champion=False)
+    params = _params("retried", "register.model_name=retried")
+    eval_dir = _eval_dir(tmp_path, 0.7, model_dir)
+    mc = MlflowClient()
+    exp = mc.get_experiment_by_name("retried") or mc.get_experiment(mc.create_experiment("retried"))
+    kfp_runs = [mc.create_run(exp.experiment_id).info.run_id for _ in range(2)]
+    monkeypatch.setenv(PIPELINE_RUN_ENV, kfp_runs[0])
+    with stage_run("register", params) as tracker:
+        first = register(model_dir, eval_dir, None, cfg, tracker=tracker)
+    _new_process()
+    with stage_run("register", params) as tracker:  # the retry
+        again = register(model_dir, eval_dir, None, cfg, tracker=tracker)
+    assert again.version == first.version == "1"
+    assert again.decision.decision == first.decision.decision == "promoted"
+    assert len(mc.search_model_versions("name = 'retried'")) == 1
+    monkeypatch.setenv(PIPELINE_RUN_ENV, kfp_runs[1])
+    with stage_run("register", params) as tracker:
+        other = register(model_dir, eval_dir, None, cfg, tracker=tracker)
+    assert other.version == "2" and other.decision.decision == "refused"

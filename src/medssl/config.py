@@ -149,8 +149,13 @@ class RegisterConfig(Section):
 
     model_name: str | None = Field(None, description="registered model; default: abdominal-organs")
     experiment: str = "medssl"
-    metric: str = Field("f1_weighted", description="test metric the gate compares")
+    metric: str = Field("test_f1_weighted", description="metrics.json number the gate compares")
     margin: float = Field(0.0, ge=0, description="challenger must beat champion by this much")
+    rescore_champion: bool = Field(
+        True,
+        description="score the champion on the challenger's test split before comparing "
+        "(false: compare recorded numbers, refused when the test data differs)",
+    )
 
 
 class Params(Section):

@@ -15,15 +15,14 @@ from torch import nn
 from medssl.config import TrainConfig
 from medssl.data.augment import to_float
 from medssl.data.cache import ImageCache
-from medssl.data.contract import SCORE_PREFIX, Dataset, label_column
+from medssl.data.contract import Dataset, label_column
 from medssl.data.splitting import LABEL_FRACTION_COLUMN
 from medssl.engine.context import Context
 from medssl.engine.method import Method
 from medssl.errors import ConfigError, DataContractError
 from medssl.metrics.multilabel import best_thresholds, weighted_f1
 from medssl.models import Classifier, build_classifier
-
-PREDICTION_ID_COLUMNS = ["image", "patient_id", "exam_id", "split"]
+from medssl.models.inference import batched_logits, predictions_table
 
 
 def labeled_train_rows(
@@ -98,14 +97,11 @@ class MultilabelMethod(Method):
 
     def predict_logits(self, model: nn.Module, ctx: Context, rows: np.ndarray) -> np.ndarray:
         """float32 logits [len(rows), C] of un-augmented images (call under ctx.inference)."""
-        out = []
-        for start in range(0, len(rows), self.eval_batch_size):
-            chunk = rows[start : start + self.eval_batch_size]
-            x = to_float(ctx.upload(self.cache.take(chunk)), ctx.channels_last)
-            out.append(model(x).float().cpu())
-        if not out:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return torch.cat(out).numpy()
+
+        def images(chunk: np.ndarray) -> torch.Tensor:
+            return to_float(ctx.upload(self.cache.take(chunk)), ctx.channels_last)
+
+        return batched_logits(model, images, rows, self.eval_batch_size, len(self.classes))
 
     def validate(self, model: nn.Module, ctx: Context) -> dict[str, float]:
         """Val BCE loss and val weighted F1 at the per-class F1-maximising thresholds
@@ -119,18 +115,12 @@ class MultilabelMethod(Method):
 
     def predictions(self, model: nn.Module, ctx: Context) -> pd.DataFrame:
         """One row per labeled val and test image: ids, split, label_<c> (Int8), score_<c>
-        (float32 sigmoid probability)."""
+        (float32 sigmoid probability, computed without autocast)."""
         rows = np.concatenate([self.val_rows, self.test_rows])
-        with ctx.inference(model):
+        with ctx.inference(model, autocast=False):  # float32 whatever the training autocast
             logits = self.predict_logits(model, ctx, rows)
-        scores = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
-        m = self.dataset.manifest
-        table = m.iloc[rows][PREDICTION_ID_COLUMNS].reset_index(drop=True)
-        for i, c in enumerate(self.classes):
-            table[label_column(c)] = pd.array(self.targets[rows, i].astype(np.int8), dtype="Int8")
-        for i, c in enumerate(self.classes):
-            table[f"{SCORE_PREFIX}{c}"] = scores[:, i]
-        return table
+        scores = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        return predictions_table(self.dataset, rows, self.classes, scores)
 
     def export(self, model: nn.Module) -> tuple[Classifier, dict[str, Any]]:
         """The classifier to save as model.pt and its meta."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import pandas as pd
 from medssl.config import EvaluateConfig
 from medssl.data.contract import LABEL_PREFIX, PREDICTIONS_FILE, SCORE_PREFIX
 from medssl.errors import DataContractError
+from medssl.fileio import sha256_file, staged_dir
 from medssl.metrics.bootstrap import bootstrap_weighted_f1
 from medssl.metrics.multilabel import (
     best_thresholds,
@@ -36,6 +36,9 @@ from medssl.metrics.multilabel import (
 if TYPE_CHECKING:
     from medssl.tracking.base import Tracker
 
+EVAL_DIR = "eval"
+INPUTS_KEY = "inputs"
+MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 THRESHOLDS_FILE = "thresholds.csv"
 PR_CURVES_FILE = "pr_curves.csv"
@@ -44,6 +47,15 @@ PR_DIR = "pr"
 REPORT_FILE = "report.md"
 TABLE_FILE = "table.txt"
 
+FILES = {
+    "metrics": METRICS_FILE,
+    "thresholds": THRESHOLDS_FILE,
+    "pr_curves": PR_CURVES_FILE,
+    "pr_dir": PR_DIR,
+    "pr_plot": PR_PLOT_FILE,
+    "report": REPORT_FILE,
+    "table": TABLE_FILE,
+}
 ROW_NAMES = {"f1": "F1-score", "precision": "Precision", "recall": "Recall"}
 AVG_NAME = "weighted avg"
 
@@ -57,6 +69,8 @@ class EvaluateResult:
     paths: dict[str, Path] = field(default_factory=dict)
     bootstrap: int = 0
     ci: float = 0.95
+    roc: dict[str, list[float]] = field(default_factory=dict)  # micro-averaged, test
+    confusion: list[list[int]] = field(default_factory=list)  # [[TN, FP], [FN, TP]], test
 
     @property
     def classes(self) -> list[str]:
@@ -72,16 +86,63 @@ class _Split:
 
 def evaluate(
     model_dir: Path,
-    out_dir: Path,
+    out_dir: Path | None,
     cfg: EvaluateConfig,
     *,
     tracker: Tracker | None = None,
 ) -> EvaluateResult:
-    """Thresholds on val, metrics on test; write the report folder and return its numbers."""
-    path = Path(model_dir) / PREDICTIONS_FILE
-    classes, splits = read_predictions(path)
+    """Thresholds on val, metrics on test; write the report folder (all of it or none of it;
+    default: MODEL_DIR/eval) and return its numbers. metrics.json records which predictions (and
+    model) it scored, by sha256, so `register` can refuse another model's numbers."""
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir) if out_dir is not None else default_eval_dir(model_dir)
+    classes, splits = read_predictions(model_dir / PREDICTIONS_FILE)
     val, test = splits["val"], splits["test"]
+    scored = score(classes, val, test, cfg)
+    metrics = {**scored.metrics, INPUTS_KEY: scored_inputs(model_dir)}
+    thresholds, test_pred = scored.thresholds, scored.test_pred
+    curves = pr_curves(test.y, test.scores, classes)
+    result = EvaluateResult(out_dir, metrics, bootstrap=cfg.bootstrap, ci=cfg.ci)
+    result.roc = roc_micro(test.y, test.scores)
+    result.confusion = confusion_micro(test.y, test_pred)
+    paths = result.paths
+    with staged_dir(out_dir) as tmp:  # the report folder is complete or absent
+        for key, name in FILES.items():
+            paths[key] = out_dir / name
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        pd.DataFrame({"class": classes, "threshold": thresholds, "val_f1": scored.val_f1}).to_csv(
+            tmp / THRESHOLDS_FILE, index=False
+        )
+        curves.to_csv(tmp / PR_CURVES_FILE, index=False)
+        # one file per class, so `dvc plots show` draws one precision-recall curve per class
+        (tmp / PR_DIR).mkdir()
+        for name, rows in curves.groupby("class", sort=False):
+            rows.drop(columns="class").to_csv(tmp / PR_DIR / f"{name}.csv", index=False)
+        _plot_pr_curves(curves, result, test.y.mean(axis=0), tmp / PR_PLOT_FILE)
+        (tmp / REPORT_FILE).write_text(format_markdown(result))
+        # the terminal table, for `make demo` and CI logs
+        (tmp / TABLE_FILE).write_text(format_table(result) + "\n")
 
+    if tracker is not None:
+        tracker.log_metrics(flat_metrics(metrics))
+        tracker.log_artifacts(str(out_dir))
+    return result
+
+
+@dataclass
+class Scored:
+    """metrics: metrics.json's numbers and per_class; the val-tuned thresholds, the test
+    decisions and each class's val F1 at its threshold."""
+
+    metrics: dict[str, Any]
+    thresholds: np.ndarray
+    test_pred: np.ndarray
+    val_f1: np.ndarray
+
+
+def score(classes: list[str], val: _Split, test: _Split, cfg: EvaluateConfig) -> Scored:
+    """Paper 000 §3.2: per-class thresholds maximising val F1, then test P/R/F1 (per class and
+    support-weighted), the exam-bootstrap CI and the label-prevalence baseline."""
     thresholds = best_thresholds(val.y, val.scores)
     val_report = multilabel_report(val.y, val.scores >= thresholds, classes)
     test_pred = test.scores >= thresholds
@@ -92,17 +153,17 @@ def evaluate(
     baseline = weighted_f1(test.y, baseline_pred)
 
     metrics: dict[str, Any] = {
-        "f1_weighted": report.weighted["f1"],
-        "precision_weighted": report.weighted["precision"],
-        "recall_weighted": report.weighted["recall"],
-        "f1_weighted_ci_low": _finite(ci.low),
-        "f1_weighted_ci_high": _finite(ci.high),
-        "prevalence_f1_weighted": baseline,
-        "n_test_images": len(test.y),
-        "n_test_exams": int(pd.unique(test.exams).size),
-        "n_test_labels": int(test.y.sum()),
-        "n_val_images": len(val.y),
-        "n_val_exams": int(pd.unique(val.exams).size),
+        "test_f1_weighted": report.weighted["f1"],
+        "test_precision_weighted": report.weighted["precision"],
+        "test_recall_weighted": report.weighted["recall"],
+        "test_f1_weighted_ci_low": _finite(ci.low),
+        "test_f1_weighted_ci_high": _finite(ci.high),
+        "test_prevalence_f1_weighted": baseline,
+        "test_images": len(test.y),
+        "test_exams": int(pd.unique(test.exams).size),
+        "test_labels": int(test.y.sum()),
+        "val_images": len(val.y),
+        "val_exams": int(pd.unique(val.exams).size),
         "per_class": {
             c: {
                 "precision": float(report.precision[i]),
@@ -114,41 +175,23 @@ def evaluate(
             for i, c in enumerate(classes)
         },
     }
+    return Scored(metrics, thresholds, test_pred, val_report.f1.astype(float))
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = EvaluateResult(out_dir, metrics, bootstrap=cfg.bootstrap, ci=cfg.ci)
-    paths = result.paths
-    paths["metrics"] = out_dir / METRICS_FILE
-    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
 
-    paths["thresholds"] = out_dir / THRESHOLDS_FILE
-    pd.DataFrame(
-        {"class": classes, "threshold": thresholds, "val_f1": val_report.f1.astype(float)}
-    ).to_csv(paths["thresholds"], index=False)
+def default_eval_dir(model_dir: Path) -> Path:
+    """Where `evaluate` writes and `register` reads by default: MODEL_DIR/eval."""
+    return Path(model_dir) / EVAL_DIR
 
-    paths["pr_curves"] = out_dir / PR_CURVES_FILE
-    curves = pr_curves(test.y, test.scores, classes)
-    curves.to_csv(paths["pr_curves"], index=False)
-    # one file per class, so `dvc plots show` draws one precision-recall curve per class
-    paths["pr_dir"] = out_dir / PR_DIR
-    shutil.rmtree(paths["pr_dir"], ignore_errors=True)
-    paths["pr_dir"].mkdir()
-    for name, rows in curves.groupby("class", sort=False):
-        rows.drop(columns="class").to_csv(paths["pr_dir"] / f"{name}.csv", index=False)
 
-    paths["pr_plot"] = out_dir / PR_PLOT_FILE
-    _plot_pr_curves(curves, result, test.y.mean(axis=0), paths["pr_plot"])
-
-    paths["report"] = out_dir / REPORT_FILE
-    paths["report"].write_text(format_markdown(result))
-    paths["table"] = out_dir / TABLE_FILE  # the terminal table, for `make demo` and CI logs
-    paths["table"].write_text(format_table(result) + "\n")
-
-    if tracker is not None:
-        tracker.log_metrics(tracker_metrics(metrics))
-        tracker.log_artifacts(str(out_dir))
-    return result
+def scored_inputs(model_dir: Path) -> dict[str, str | None]:
+    """What an evaluation scored: the sha256 of the model folder's predictions and model.pt
+    (None when it has no model.pt)."""
+    model_dir = Path(model_dir)
+    model = model_dir / MODEL_FILE
+    return {
+        "predictions_sha256": sha256_file(model_dir / PREDICTIONS_FILE),
+        "model_sha256": sha256_file(model) if model.is_file() else None,
+    }
 
 
 def read_predictions(path: Path) -> tuple[list[str], dict[str, _Split]]:
@@ -162,6 +205,11 @@ def read_predictions(path: Path) -> tuple[list[str], dict[str, _Split]]:
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataContractError(f"{path}: not a readable parquet file ({reason})") from None
+    return predictions_splits(table, str(path))
+
+
+def predictions_splits(table: pd.DataFrame, path: str) -> tuple[list[str], dict[str, _Split]]:
+    """Classes and the val and test rows of a predictions table (`path` names it in errors)."""
     missing = [c for c in ("split", "exam_id") if c not in table.columns]
     if missing:
         raise DataContractError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -239,17 +287,42 @@ def pr_curves(y: np.ndarray, scores: np.ndarray, classes: list[str]) -> pd.DataF
     return pd.concat(frames, ignore_index=True)
 
 
-def tracker_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Test metrics for the tracker, `test_`-prefixed: weighted, CI, baseline, per class."""
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of metrics.json under the one naming scheme every consumer uses (MLflow run
+    metrics, KFP Metrics, registry version tags): <split>_<metric> as in metrics.json, plus
+    test_<f1|precision|recall>_<class> from per_class."""
     out = {
-        "test_" + k.replace("n_test_", "n_"): float(v)
+        k: float(v)
         for k, v in metrics.items()
-        if k != "per_class" and not k.startswith("n_val") and v is not None
+        if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    for c, m in metrics["per_class"].items():
+    for c, m in (metrics.get("per_class") or {}).items():
         for k in ("f1", "precision", "recall"):
-            out[f"test_{k}_{c}"] = float(m[k])
+            if isinstance((m or {}).get(k), int | float):
+                out[f"test_{k}_{c}"] = float(m[k])
     return out
+
+
+def roc_micro(y: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
+    """Micro-averaged ROC curve over every (image, class) pair of the test rows (for KFP's
+    ClassificationMetrics); empty when the test rows have no positive or no negative."""
+    from sklearn.metrics import roc_curve
+
+    flat_y, flat_s = y.ravel(), scores.ravel()
+    if flat_y.all() or not flat_y.any():
+        return {"fpr": [], "tpr": [], "threshold": []}
+    fpr, tpr, thr = roc_curve(flat_y, flat_s, drop_intermediate=True)
+    thr = np.where(np.isfinite(thr), thr, 1.0)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": thr.tolist()}
+
+
+def confusion_micro(y: np.ndarray, pred: np.ndarray) -> list[list[int]]:
+    """[[TN, FP], [FN, TP]] summed over classes at the per-class thresholds."""
+    y, pred = y.astype(bool), pred.astype(bool)
+    return [
+        [int((~y & ~pred).sum()), int((~y & pred).sum())],
+        [int((y & ~pred).sum()), int((y & pred).sum())],
+    ]
 
 
 # ---------------------------------------------------------------------------------- formatting
@@ -260,28 +333,29 @@ def _rows(result: EvaluateResult) -> tuple[list[str], list[tuple[str, list[str]]
     m, per = result.metrics, result.metrics["per_class"]
     header = [*per, AVG_NAME]
     rows = [
-        (label, [f"{per[c][key]:.2f}" for c in per] + [f"{m[f'{key}_weighted']:.2f}"])
+        (label, [f"{per[c][key]:.2f}" for c in per] + [f"{m[f'test_{key}_weighted']:.2f}"])
         for key, label in ROW_NAMES.items()
     ]
-    rows.append(("nlabels", [str(per[c]["support"]) for c in per] + [str(m["n_test_labels"])]))
+    rows.append(("nlabels", [str(per[c]["support"]) for c in per] + [str(m["test_labels"])]))
     return header, rows
 
 
 def _summary_lines(result: EvaluateResult) -> list[str]:
     m = result.metrics
-    if m["f1_weighted_ci_low"] is None:
+    if m["test_f1_weighted_ci_low"] is None:
         ci = "no bootstrap CI (evaluate.bootstrap = 0)"
     else:
         ci = (
-            f"{result.ci:.0%} CI {m['f1_weighted_ci_low']:.3f}–{m['f1_weighted_ci_high']:.3f} "
+            f"{result.ci:.0%} CI {m['test_f1_weighted_ci_low']:.3f}–"
+            f"{m['test_f1_weighted_ci_high']:.3f} "
             f"({result.bootstrap} exam resamples)"
         )
     return [
-        f"weighted F1 {m['f1_weighted']:.3f}, {ci}",
-        f"label-prevalence baseline: weighted F1 {m['prevalence_f1_weighted']:.3f}",
-        f"test: {m['n_test_images']:,} images, {m['n_test_exams']:,} exams, "
-        f"{m['n_test_labels']:,} labels; thresholds from val: {m['n_val_images']:,} images, "
-        f"{m['n_val_exams']:,} exams",
+        f"weighted F1 {m['test_f1_weighted']:.3f}, {ci}",
+        f"label-prevalence baseline: weighted F1 {m['test_prevalence_f1_weighted']:.3f}",
+        f"test: {m['test_images']:,} images, {m['test_exams']:,} exams, "
+        f"{m['test_labels']:,} labels; thresholds from val: {m['val_images']:,} images, "
+        f"{m['val_exams']:,} exams",
     ]
 
 
@@ -362,7 +436,7 @@ def _plot_pr_curves(
         if i == 0:
             ax.legend(fontsize=7, loc="lower left")
     m = result.metrics
-    fig.suptitle(f"test precision-recall; weighted F1 {m['f1_weighted']:.3f}", fontsize=10)
+    fig.suptitle(f"test precision-recall; weighted F1 {m['test_f1_weighted']:.3f}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

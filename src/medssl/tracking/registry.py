@@ -4,12 +4,18 @@ manual promotion, listing and comparing versions.
 Every number a decision rests on lives in the version's tags, so a decision can be audited from
 the registry alone:
 
-    medssl.metric.<name>                 flat test metrics (metrics.json), medssl.metrics (JSON)
+    medssl.metric.<name>                 flat metrics (metrics.json names: test_f1_weighted …),
+                                         medssl.metrics (the whole metrics.json, JSON)
     medssl.run_id / medssl.git.commit / medssl.data.hash / medssl.version
+    medssl.model.sha256 / medssl.pipeline_run_id   what makes a retried register idempotent
     medssl.gate.decision                 promoted | refused | unchanged | manual
-    medssl.gate.reason / .metric / .margin / .time / .same_data
+    medssl.gate.reason / .metric / .margin / .time / .same_data / .data_hash
     medssl.gate.challenger_<metric>      this version's number
-    medssl.gate.champion_<metric>        the champion's number then ("none": there was no champion)
+    medssl.gate.champion_<metric>        the champion's number it was compared with ("none": no
+                                         champion, or it could not be scored)
+    medssl.gate.champion_source          rescored (the champion scored on this version's test
+                                         split: the default) | recorded (its own metrics)
+    medssl.gate.champion_recorded_<metric>   the champion's own recorded number
     medssl.gate.champion_version
     medssl.champion.since                when the version became champion
     medssl.champion.lost_at / .lost_to / .lost_reason   when and why it lost the alias
@@ -27,7 +33,7 @@ import getpass
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -57,12 +63,14 @@ from medssl.tracking.runs import (
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-DEFAULT_METRIC = "f1_weighted"
-KEY_METRICS = ("f1_weighted", "precision_weighted", "recall_weighted")
+DEFAULT_METRIC = "test_f1_weighted"
+KEY_METRICS = ("test_f1_weighted", "test_precision_weighted", "test_recall_weighted")
 
 METRIC_TAG = "medssl.metric."
 METRICS_JSON_TAG = "medssl.metrics"
 RUN_TAG = "medssl.run_id"
+MODEL_SHA_TAG = "medssl.model.sha256"
+PIPELINE_RUN_TAG = "medssl.pipeline_run_id"
 GATE = "medssl.gate."
 CHAMPION_SINCE = "medssl.champion.since"
 LOST = "medssl.champion.lost_"
@@ -90,6 +98,11 @@ class Decision:
     champion_version: str | None
     reason: str
     time: str
+    # how the champion's number was obtained: "rescored" (its model scored on this version's
+    # test split), "recorded" (its own metrics, on the data it was tested on) or "none"
+    champion_source: str = "none"
+    champion_recorded: float | None = None  # the champion's own recorded number
+    data_hash: str | None = None  # the test data both numbers come from
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -315,7 +328,10 @@ def resolve_version(mc: MlflowClient, name: str, ref: str | int) -> ModelVersion
 
 
 def _metric(mv: ModelVersion, metric: str) -> float | None:
-    raw = (mv.tags or {}).get(f"{METRIC_TAG}{metric}")
+    tags = mv.tags or {}
+    raw = tags.get(f"{METRIC_TAG}{metric}")
+    if raw is None and metric.startswith("test_"):  # versions registered before the test_ names
+        raw = tags.get(f"{METRIC_TAG}{metric.removeprefix('test_')}")
     try:
         return float(raw) if raw is not None else None
     except ValueError:
@@ -326,13 +342,36 @@ def _metric(mv: ModelVersion, metric: str) -> float | None:
 # the gate and manual promotion
 
 
+@dataclass
+class ChampionScore:
+    """The champion's number for the gate: `value` None when it could not be obtained (`note`
+    says why); `source` "rescored" or "recorded"."""
+
+    value: float | None
+    source: str
+    note: str = ""
+
+
+ChampionScorer = Callable[[ModelVersion], ChampionScore]
+
+
 def gate(
-    name: str, version: str | int, metric: str = DEFAULT_METRIC, margin: float = 0.0
+    name: str,
+    version: str | int,
+    metric: str = DEFAULT_METRIC,
+    margin: float = 0.0,
+    *,
+    scorer: ChampionScorer | None = None,
 ) -> Decision:
     """Promote `version` to champion iff there is no champion yet, or its `metric` beats the
-    champion's by more than `margin` (challenger > champion + margin). The decision and both
-    numbers go to the version's tags; on promotion the previous champion is tagged with when and
-    why it lost the alias."""
+    champion's by more than `margin` (challenger > champion + margin).
+
+    The champion's number comes from `scorer` (the fair comparison: the champion's model scored
+    on this version's test split, same metric, same threshold procedure), else from its recorded
+    metrics, which only count when both were tested on the same data (data hash). A champion that
+    cannot be scored blocks the promotion: a worse challenger is never promoted. The decision and
+    both numbers go to the version's tags; on promotion the previous champion is tagged with when
+    and why it lost the alias."""
     mc = client()
     mv = resolve_version(mc, name, version)
     value = _metric(mv, metric)
@@ -344,26 +383,14 @@ def gate(
     champ = by_alias(mc, name, CHAMPION)
     if champ is not None and str(champ.version) == str(mv.version):
         return _unchanged(name, mv, metric, margin, value)
-    now = _now()
-    champ_value = _metric(champ, metric) if champ is not None else None
     same_data = _same_data(mv, champ)
+    recorded = _metric(champ, metric) if champ is not None else None
     if champ is None:
+        score = ChampionScore(None, "none")
         promoted, reason = True, f"no {CHAMPION} yet ({metric} {value:.4f})"
-    elif champ_value is None:
-        promoted = False
-        reason = (
-            f"{CHAMPION} v{champ.version} has no {metric} to compare with; "
-            "promote by hand (medssl models promote) if intended"
-        )
     else:
-        promoted = value > champ_value + margin
-        sign = ">" if promoted else "<="
-        reason = (
-            f"{metric} {value:.4f} {sign} {CHAMPION} v{champ.version} {champ_value:.4f} "
-            f"+ margin {margin:g}"
-        )
-        if same_data is False:
-            reason += " (different data hash: numbers may not be comparable)"
+        score = scorer(champ) if scorer is not None else ChampionScore(recorded, "recorded")
+        promoted, reason = _verdict(champ, metric, margin, value, score, recorded, same_data)
     decision = Decision(
         name=name,
         version=str(mv.version),
@@ -372,10 +399,13 @@ def gate(
         metric=metric,
         margin=float(margin),
         challenger=value,
-        champion=champ_value,
+        champion=score.value,
         champion_version=str(champ.version) if champ is not None else None,
         reason=reason,
-        time=now,
+        time=_now(),
+        champion_source=score.source,
+        champion_recorded=recorded,
+        data_hash=(mv.tags or {}).get(TAG_DATA_HASH),
     )
     if promoted:
         mc.set_registered_model_alias(name, CHAMPION, mv.version)
@@ -385,12 +415,105 @@ def gate(
     return decision
 
 
+def _verdict(
+    champ: ModelVersion,
+    metric: str,
+    margin: float,
+    value: float,
+    score: ChampionScore,
+    recorded: float | None,
+    same_data: bool | None,
+) -> tuple[bool, str]:
+    """(promoted, reason) against an existing champion."""
+    who = f"{CHAMPION} v{champ.version}"
+    by_hand = "promote by hand (medssl models promote) if intended"
+    if score.value is None:
+        why = f": {score.note}" if score.note else ""
+        if score.source == "recorded":
+            why = f": it has no {metric}"
+        return False, f"{who} has no {metric} to compare with{why}; {by_hand}"
+    if score.source == "recorded" and same_data is False:
+        return False, (
+            f"{who}'s {metric} {score.value:.4f} was measured on other test data (data hash "
+            f"differs): not comparable; score it on this data (register.rescore_champion) or "
+            f"{by_hand}"
+        )
+    promoted = value > score.value + margin
+    sign = ">" if promoted else "<="
+    where = "on this version's test split" if score.source == "rescored" else "recorded"
+    reason = f"{metric} {value:.4f} {sign} {who} {score.value:.4f} ({where}) + margin {margin:g}"
+    if score.source == "rescored" and recorded is not None:
+        reason += f"; its own recorded {metric}: {recorded:.4f}"
+    return promoted, reason
+
+
+def recorded_decision(name: str, version: str | int) -> Decision | None:
+    """The gate decision already written on a version's tags (None if it has none): what a
+    retried register returns instead of gating the same version twice."""
+    mc = client()
+    mv = resolve_version(mc, name, version)
+    tags = mv.tags or {}
+    decision = tags.get(f"{GATE}decision")
+    if not decision:
+        return None
+    metric = tags.get(f"{GATE}metric", DEFAULT_METRIC)
+    champ = by_alias(mc, name, CHAMPION)
+
+    def number(key: str) -> float | None:
+        try:
+            return float(tags[key])
+        except (KeyError, ValueError):
+            return None
+
+    return Decision(
+        name=name,
+        version=str(mv.version),
+        decision=decision,
+        promoted=champ is not None and str(champ.version) == str(mv.version),
+        metric=metric,
+        margin=number(f"{GATE}margin"),
+        challenger=number(f"{GATE}challenger_{metric}"),
+        champion=number(f"{GATE}champion_{metric}"),
+        champion_version=None
+        if tags.get(f"{GATE}champion_version") in (None, "none")
+        else tags[f"{GATE}champion_version"],
+        reason=tags.get(f"{GATE}reason", ""),
+        time=tags.get(f"{GATE}time", ""),
+        champion_source=tags.get(f"{GATE}champion_source", "recorded"),
+        champion_recorded=number(f"{GATE}champion_recorded_{metric}"),
+        data_hash=tags.get(f"{GATE}data_hash"),
+    )
+
+
+def find_version(name: str, **tags: str) -> str | None:
+    """The newest version of `name` whose tags hold every `tags` value (None when none does or
+    the model does not exist): how a retried register finds the version it already created."""
+    mc = client()
+    try:
+        versions = _all_versions(mc, name)
+    except MedsslError:  # no such registered model yet
+        return None
+    for mv in versions:
+        if all((mv.tags or {}).get(k) == v for k, v in tags.items()):
+            return str(mv.version)
+    return None
+
+
+def load_version_model(name: str, version: str | int) -> torch.nn.Module:
+    """A registered version's model (the pickled classifier logged by log_and_register) on CPU,
+    in eval mode."""
+    client()
+    with _quiet("mlflow.pytorch", "mlflow.utils.requirements_utils", "mlflow.models.model"):
+        model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+    return model.eval()
+
+
 def promote(name: str, version: str | int, reason: str, *, metric: str | None = None) -> Decision:
     """Make `version` champion by hand. Logged as such: medssl.gate.decision=manual, the reason,
     who, and both numbers on `metric` (default: the metric the gate used for that version)."""
     if not reason or not reason.strip():
         raise ConfigError("a manual promotion needs a reason (--reason)")
-    mc = client()
+    mc = client(read_only=True)
     mv = resolve_version(mc, name, version)
     metric = metric or (mv.tags or {}).get(f"{GATE}metric") or DEFAULT_METRIC
     champ = by_alias(mc, name, CHAMPION)
@@ -442,8 +565,11 @@ def _write_decision(mc: MlflowClient, d: Decision, same_data: bool | None) -> No
         f"{GATE}time": d.time,
         f"{GATE}challenger_{d.metric}": _fmt_raw(d.challenger),
         f"{GATE}champion_{d.metric}": _fmt_raw(d.champion),
+        f"{GATE}champion_source": d.champion_source,
+        f"{GATE}champion_recorded_{d.metric}": _fmt_raw(d.champion_recorded),
         f"{GATE}champion_version": d.champion_version or "none",
         f"{GATE}same_data": "unknown" if same_data is None else str(same_data).lower(),
+        f"{GATE}data_hash": d.data_hash or "unknown",
     }
     if d.margin is not None:
         tags[f"{GATE}margin"] = repr(float(d.margin))
@@ -535,7 +661,7 @@ def _all_versions(mc: MlflowClient, name: str) -> list[ModelVersion]:
 def list_versions(name: str) -> pd.DataFrame:
     """One row per version, newest first: version, aliases, created (UTC), run_id, decision,
     method, backbone, the key metrics, data hash and commit."""
-    mc = client()
+    mc = client(read_only=True)
     aliases = _aliases(mc, name)
     rows = []
     for mv in _all_versions(mc, name):
@@ -599,7 +725,7 @@ def _version_info(mc: MlflowClient, mv: ModelVersion, aliases: dict) -> dict[str
 def compare(name: str, a: str | int, b: str | int) -> dict[str, Any]:
     """Two versions (numbers or aliases) side by side: flat metrics, metrics per class, config
     differences (the two runs' params), data hash and commit."""
-    mc = client()
+    mc = client(read_only=True)
     aliases = _aliases(mc, name)
     va, vb = (_version_info(mc, resolve_version(mc, name, r), aliases) for r in (a, b))
     metrics = {
@@ -646,8 +772,9 @@ def format_versions(name: str, versions: pd.DataFrame | list) -> str:
         lines.append(
             f"{row.version:>4}  {row.aliases or '-':<20} "
             f"{row.created.strftime('%Y-%m-%d %H:%M'):<16}  "
-            f"{_cell(row.f1_weighted)} {_cell(row.precision_weighted)} "
-            f"{_cell(row.recall_weighted)}  {row.decision or '-':<9} {row.method or '-':<12} "
+            f"{_cell(row.test_f1_weighted)} {_cell(row.test_precision_weighted)} "
+            f"{_cell(row.test_recall_weighted)}  {row.decision or '-':<9} "
+            f"{row.method or '-':<12} "
             f"{(row.data_hash or '-')[:8]:<8} {(row.commit or '-')[:8]:<8} {row.run_id or '-'}"
         )
     return "\n".join(lines)
