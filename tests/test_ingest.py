@@ -291,6 +291,45 @@ def test_interrupted_run_resumes(run: dict[str, Any], tmp_path: Path, monkeypatc
     assert resumed.counts == run["full"].counts
 
 
+def test_a_hard_kill_leaves_parts_that_the_next_run_consolidates(
+    run: dict[str, Any], tmp_path: Path, monkeypatch
+) -> None:
+    """Commits are appended parts; a run killed without any cleanup (no consolidation) leaves
+    them, and the next run picks them up: nothing converted twice, the same dataset."""
+    corpus: Corpus = run["corpus"]
+    out = tmp_path / "hard-killed"
+    real = reader.convert_files
+    calls = {"n": 0}
+
+    def dies_on_fourth_chunk(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(reader, "convert_files", dies_on_fourth_chunk)
+    monkeypatch.setattr(ingest_stage, "CONVERT_CHUNK", 1)
+    monkeypatch.setattr(ingest_stage, "_consolidate", lambda *a, **k: None)  # SIGKILL: no cleanup
+    cfg = config(tmp_path, commit_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(corpus.root, out, cfg, reports=corpus.reports_csv, progress=False)
+    parts = sorted(p.name for p in (out / STATE_DIR / "parts").iterdir())
+    assert parts[0] == "000001-files.parquet"  # the header pass and scope decisions
+    assert "000004-files.parquet" in parts  # three commits of one file each, then the kill
+    assert any(p.endswith("-manifest.parquet") for p in parts)
+    assert not (out / MANIFEST_FILE).exists()  # nothing consolidated yet
+    monkeypatch.undo()
+    monkeypatch.setattr(ingest_stage, "CONVERT_CHUNK", 1)
+    resumed = ingest(corpus.root, out, cfg, reports=corpus.reports_csv, progress=False)
+    assert resumed.this_run["files_read"] < resumed.counts["files"]["known"]
+    # nothing converted twice: the killed run's 3 files plus the rest, as many as the two runs
+    # that built the full dataset converted
+    converted = run["first"].this_run["files_converted"] + run["full"].this_run["files_converted"]
+    assert 3 + resumed.this_run["files_converted"] == converted
+    assert resumed.counts == run["full"].counts
+    assert not list((out / STATE_DIR / "parts").iterdir())
+
+
 def _texts_of(path: Path) -> list[str]:
     """What a file says: its bytes, plus the decoded contents of parquet tables and PNG chunks."""
     data = path.read_bytes()

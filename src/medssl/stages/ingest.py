@@ -12,6 +12,7 @@ instances; an interrupted run resumes from the last commit). See docs/ingest.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".ingest"
 STATE_FILE = "files.parquet"
+PARTS_DIR = "parts"
+MANIFEST_PART, STATE_PART = "manifest", "files"
 META_FILE = "meta.json"
 REPORT_FILE = "ingest_report.json"
 FLOWCHART_FILE = "ingest_flowchart.png"
@@ -157,12 +160,59 @@ def _write_meta(out: Path, cfg: IngestConfig, pseudo: Pseudonymizer) -> None:
 
 
 def _load_state(out: Path) -> pd.DataFrame:
+    """The consolidated state, then the state parts of an unfinished run (newest record wins)."""
     path = out / STATE_DIR / STATE_FILE
-    if not path.is_file():
+    tables = [pd.read_parquet(path)] if path.is_file() else []
+    tables += [pd.read_parquet(p) for p in Parts(out).files(STATE_PART)]
+    if not tables:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in STATE_COLUMNS.items()}).assign(
             tokens=pd.Series(dtype=object)
         )
-    return pd.read_parquet(path)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    return table.drop_duplicates("file_key", keep="last").reset_index(drop=True)
+
+
+def _load_manifest(out: Path, empty: DatasetInfo) -> pd.DataFrame:
+    """The consolidated manifest, then the manifest parts of an unfinished run."""
+    tables = [read_table(out / MANIFEST_FILE)] if (out / MANIFEST_FILE).is_file() else []
+    tables += [pd.read_parquet(p) for p in Parts(out).files(MANIFEST_PART)]
+    if not tables:
+        return _empty_manifest(empty)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    return table.drop_duplicates("image", keep="last").reset_index(drop=True)
+
+
+class Parts:
+    """A run's commits, appended as numbered parquet parts under .ingest/parts/ (the new manifest
+    rows, then the file records they changed): the cost of a commit does not grow with the
+    dataset. The run ends (also on Ctrl-C) by consolidating them into manifest.parquet and
+    files.parquet; a killed run's parts are picked up by the next run."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out / STATE_DIR / PARTS_DIR
+        done = [int(p.name.split("-")[0]) for p in self.files(STATE_PART)]
+        done += [int(p.name.split("-")[0]) for p in self.files(MANIFEST_PART)]
+        self.seq = max(done, default=0)
+
+    def files(self, kind: str) -> list[Path]:
+        return sorted(self.dir.glob(f"*-{kind}.parquet")) if self.dir.is_dir() else []
+
+    def commit(self, rows: pd.DataFrame | None, records: list[dict[str, Any]]) -> None:
+        """Append one commit: its manifest rows (if any), then its records (atomically each)."""
+        self.seq += 1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if rows is not None and len(rows):
+            path = self.dir / f"{self.seq:06d}-{MANIFEST_PART}.parquet"
+            atomic_write(path, lambda p: write_table(rows, p))
+        if records:
+            table = _state_table({r["file_key"]: r for r in records})
+            atomic_write(
+                self.dir / f"{self.seq:06d}-{STATE_PART}.parquet", lambda p: write_table(table, p)
+            )
+
+    def clear(self) -> None:
+        for path in self.files(MANIFEST_PART) + self.files(STATE_PART):
+            path.unlink(missing_ok=True)
 
 
 def _state_table(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -236,7 +286,7 @@ def _info(cfg: IngestConfig, manifest: pd.DataFrame) -> DatasetInfo:
     )
 
 
-def _commit(
+def _consolidate(
     out: Path,
     cfg: IngestConfig,
     manifest: pd.DataFrame,
@@ -244,7 +294,7 @@ def _commit(
     records: dict[str, dict[str, Any]],
 ) -> DatasetInfo:
     """Write dataset.yaml, manifest, reports, then the state — each atomically, in this order, so
-    a killed run leaves a dataset whose manifest lists only written images (see module doc)."""
+    the manifest lists only written images — and drop the run's parts (see Parts)."""
     info = _info(cfg, manifest)
     write_info(out, info)
     dtypes = {**manifest_dtypes(info), **ATTRIBUTE_DTYPES}
@@ -256,6 +306,7 @@ def _commit(
         atomic_write(out / REPORTS_FILE, lambda p: write_table(typed_reports, p))
     state = _state_table(records)
     atomic_write(out / STATE_DIR / STATE_FILE, lambda p: write_table(state, p))
+    Parts(out).clear()
     return info
 
 
@@ -421,11 +472,7 @@ def ingest(
     # the dataset so far
     records = _records_from_state(_load_state(out))
     empty_info = _info(cfg, pd.DataFrame())
-    manifest = (
-        read_table(out / MANIFEST_FILE)
-        if (out / MANIFEST_FILE).is_file()
-        else _empty_manifest(empty_info)
-    )
+    manifest = _load_manifest(out, empty_info)
     old_reports = read_table(out / REPORTS_FILE) if (out / REPORTS_FILE).is_file() else None
     in_manifest = set(manifest["instance_id"].dropna()) if "instance_id" in manifest else set()
 
@@ -481,45 +528,28 @@ def ingest(
             ).sort_values("exam_id", kind="stable")
         all_reports = fresh.reset_index(drop=True)
 
-    # pass 2: decode and write, committing every `commit_every` files; when the chosen file of an
-    # instance cannot be decoded, its next duplicate (if any) is tried in a later batch
+    # pass 2: decode and write, committing every `commit_every` files as a part (the header pass
+    # and the scope decisions first); when the chosen file of an instance cannot be decoded, its
+    # next duplicate (if any) is tried in a later batch. The parts are consolidated at the end,
+    # also when interrupted.
     queue = sorted((r for r in records.values() if r["status"] == PENDING), key=_order)
     label_cols = empty_info.label_columns()
-    first = True
-    while queue or first:
-        first = False
-        batch, queue = queue[: cfg.commit_every], queue[cfg.commit_every :]
-        jobs = [
-            (str(root), str(out), [_job(r) for r in chunk], settings, cfg.exclude_doppler)
-            for chunk in _split(batch, CONVERT_CHUNK, cfg)
-        ]
-        new_rows = []
-        for chunk in _run(
-            reader.convert_files, jobs, [len(j[2]) for j in jobs], cfg, "frames", progress
-        ):
-            for res in chunk:
-                rec = records[res["file_key"]]
-                run["files_converted"] += 1
-                if res["status"] == reader.QUARANTINED:
-                    rec.update(status=reader.QUARANTINED, reason=res["reason"])
-                    run["quarantined_new"] += 1
-                    queue += _fallback(records, rec)
-                    continue
-                kept = [row for row in res["rows"] if row.pop("kept")]
-                rec.update(
-                    status=INGESTED if kept else DOPPLER,
-                    n_frames_sampled=res["n_frames_sampled"],
-                    n_doppler=res["n_doppler"],
-                    images=len(kept),
-                )
-                run["instances_added"] += 1
-                run["images_added"] += len(kept)
-                ex = exams[rec["exam_id"]]
-                new_rows += [_manifest_row(rec, row, ex, label_cols) for row in kept]
-        if new_rows:
-            manifest = pd.concat([manifest, pd.DataFrame(new_rows)], ignore_index=True)
-        _commit(out, cfg, manifest, all_reports, records)
-        log.info("ingest: committed %d images (%d in the dataset)", len(new_rows), len(manifest))
+    dtypes = {**manifest_dtypes(empty_info), **ATTRIBUTE_DTYPES}
+    parts = Parts(out)
+    parts.commit(None, list(records.values()))
+    frames = [manifest]
+    try:
+        while queue:
+            queue = _convert_batch(
+                queue, cfg, root, out, settings, records, exams, run, parts, frames, dtypes,
+                label_cols, progress,
+            )  # fmt: skip
+    except BaseException:  # Ctrl-C, a failure: the committed files become the dataset
+        with contextlib.suppress(Exception):
+            _consolidate(out, cfg, pd.concat(frames, ignore_index=True), all_reports, records)
+        raise
+    manifest = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    _consolidate(out, cfg, manifest, all_reports, records)
 
     done = (INGESTED, DOPPLER)
     excluded = sum(int(r.get("n_doppler") or 0) for r in records.values() if r["status"] in done)
@@ -567,6 +597,62 @@ def ingest(
         tracker.log_artifact(report_path)
         tracker.log_artifact(chart)
     return IngestResult(out, counts, run, quarantined, report_path, chart, seconds, warnings)
+
+
+def _convert_batch(
+    queue: list[dict[str, Any]],
+    cfg: IngestConfig,
+    root: Path,
+    out: Path,
+    settings: reader.Settings,
+    records: dict[str, dict[str, Any]],
+    exams: dict[str, dict[str, Any]],
+    run: dict[str, int],
+    parts: Parts,
+    frames: list[pd.DataFrame],
+    dtypes: dict[str, str],
+    label_cols: list[str],
+    progress: bool | None,
+) -> list[dict[str, Any]]:
+    """Convert the next `commit_every` files of the queue and commit them as one part; the rest
+    of the queue (with the fallbacks of files that failed)."""
+    batch, queue = queue[: cfg.commit_every], queue[cfg.commit_every :]
+    jobs = [
+        (str(root), str(out), [_job(r) for r in chunk], settings, cfg.exclude_doppler)
+        for chunk in _split(batch, CONVERT_CHUNK, cfg)
+    ]
+    new_rows, changed = [], []
+    for chunk in _run(
+        reader.convert_files, jobs, [len(j[2]) for j in jobs], cfg, "frames", progress
+    ):
+        for res in chunk:
+            rec = records[res["file_key"]]
+            changed.append(rec)
+            run["files_converted"] += 1
+            if res["status"] == reader.QUARANTINED:
+                rec.update(status=reader.QUARANTINED, reason=res["reason"])
+                run["quarantined_new"] += 1
+                fallback = _fallback(records, rec)
+                changed += fallback
+                queue += fallback
+                continue
+            kept = [row for row in res["rows"] if row.pop("kept")]
+            rec.update(
+                status=INGESTED if kept else DOPPLER,
+                n_frames_sampled=res["n_frames_sampled"],
+                n_doppler=res["n_doppler"],
+                images=len(kept),
+            )
+            run["instances_added"] += 1
+            run["images_added"] += len(kept)
+            ex = exams[rec["exam_id"]]
+            new_rows += [_manifest_row(rec, row, ex, label_cols) for row in kept]
+    rows = coerce(pd.DataFrame(new_rows), dtypes, MANIFEST_FILE)[list(dtypes)] if new_rows else None
+    parts.commit(rows, changed)
+    if rows is not None:
+        frames.append(rows)
+    log.info("ingest: committed %d images", len(new_rows))
+    return queue
 
 
 def _order(rec: dict[str, Any]) -> tuple:
