@@ -17,7 +17,9 @@ def register(
     parent_run_id: str,
 ) -> NamedTuple("RegisterOutputs", [("version", str), ("decision", str), ("model_uri", str)]):
     """Register the model under register.model_name; promote it to `champion` when it beats
-    the champion by register.margin on register.metric. Never cached: every run registers."""
+    the champion (scored on this run's test split) by register.margin on register.metric.
+    Never cached: every run registers; a retry within the run returns the version and decision
+    the first attempt made (the model's sha256 + the MLflow parent run)."""
     from collections import namedtuple
     from pathlib import Path
 

@@ -135,7 +135,10 @@ def training(
         train = c.train(
             splits=split.outputs["splits"], images=dataset, params=resolved, parent_run_id=parent
         )
-        _step(train, cpu="4", memory="16Gi", cache=False, retry=True, gpu=True)
+        # No retry: a retried pod starts on a fresh disk without the checkpoints, so it would
+        # train again from scratch (GPU hours, and another model for the same run); a failed
+        # train fails the run, and re-running it reuses the cached data steps (docs/kubeflow.md).
+        _step(train, cpu="4", memory="16Gi", cache=False, retry=False, gpu=True)
 
         evaluate = c.evaluate(model=train.outputs["model"], params=resolved, parent_run_id=parent)
         _step(evaluate, cpu="1", memory="4Gi", cache=False, retry=True)
@@ -147,6 +150,7 @@ def training(
             params=resolved,
             parent_run_id=parent,
         )
+        # a retried register finds the version it already made (idempotent on the parent run)
         _step(register, cpu="1", memory="4Gi", cache=False, retry=True)
 
 

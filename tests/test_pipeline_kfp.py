@@ -4,6 +4,7 @@ bodies and the orchestration helpers (no cluster, no kfp.local run: see test_pip
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -23,8 +24,8 @@ from medssl.errors import ConfigError
 from medssl.orchestration import (
     SCALAR_PARAMS,
     ValidationFailed,
+    evaluation_markdown,
     link_split_images,
-    markdown_html,
     params_argument,
     resolve_params,
     scalar_defaults,
@@ -159,11 +160,13 @@ def test_spec_gpu_secret_retry_and_cache_settings():
         required = {k for k, optional in keys.items() if not optional}
         assert required == REQUIRED_SECRET_KEYS, name
 
-    # retries with backoff where failures can be transient; none on verdicts about the inputs
-    for step in ("data", "start-run", "train", "evaluate", "register", "finish-run"):
+    # retries with backoff where failures can be transient and a retry is safe (start-run and
+    # register find what the first attempt made); none on verdicts about the inputs, nor on
+    # train (a retried pod has lost its checkpoints and would train from scratch)
+    for step in ("data", "start-run", "evaluate", "register", "finish-run"):
         policy = all_tasks[step]["retryPolicy"]
         assert policy["maxRetryCount"] >= 1 and policy["backoffDuration"], step
-    for step in ("resolve-config", "validate", "split"):
+    for step in ("resolve-config", "validate", "split", "train"):
         assert "retryPolicy" not in all_tasks[step], step
 
     # caching: deterministic data steps yes; register (and the MLflow-tracked steps) never
@@ -189,12 +192,15 @@ def test_spec_gpu_secret_retry_and_cache_settings():
         return defs["artifactType"]["schemaTitle"]
 
     assert artifact_type("comp-data", "output", "dataset") == "system.Dataset"
-    assert artifact_type("comp-validate", "output", "report") == "system.HTML"
+    assert artifact_type("comp-validate", "output", "report") == "system.Markdown"
     assert artifact_type("comp-split", "output", "splits") == "system.Dataset"
     assert artifact_type("comp-train", "input", "splits") == "system.Dataset"
     assert artifact_type("comp-train", "output", "model") == "system.Model"
     assert artifact_type("comp-evaluate", "output", "metrics") == "system.Metrics"
-    assert artifact_type("comp-evaluate", "output", "report") == "system.HTML"
+    assert artifact_type("comp-evaluate", "output", "report") == "system.Markdown"
+    assert artifact_type("comp-evaluate", "output", "classification") == (
+        "system.ClassificationMetrics"
+    )
 
 
 def test_spec_parameters_default_to_params_yaml():
@@ -221,6 +227,7 @@ class FakeKfp(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), KfpHandler)
         self.requests: list[dict] = []
         self.experiments: list[dict] = []
+        self.token: str | None = None  # when set, every call needs "Bearer <token>"
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
     def calls(self, method: str, path: str) -> list[dict]:
@@ -238,10 +245,18 @@ class KfpHandler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else {}
+        auth = self.headers.get("Authorization")
         self.server.requests.append(
-            {"method": method, "path": url.path, "query": query, "body": body}
+            {"method": method, "path": url.path, "query": query, "body": body, "auth": auth}
         )
         return url.path, query, body
+
+    def _refused(self) -> bool:
+        token = self.server.token
+        if token is None or self.headers.get("Authorization") == f"Bearer {token}":
+            return False
+        self._send(401, {"error": "unauthenticated"})
+        return True
 
     def _send(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -253,6 +268,8 @@ class KfpHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path, query, _ = self._record("GET")
+        if self._refused():
+            return
         if path == "/apis/v2beta1/healthz":
             self._send(200, {"multi_user": False})
         elif path == "/apis/v2beta1/experiments":
@@ -265,6 +282,8 @@ class KfpHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path, _, body = self._record("POST")
+        if self._refused():
+            return
         if path == "/apis/v2beta1/experiments":
             exp = {
                 "experiment_id": f"exp-{len(self.server.experiments) + 1}",
@@ -376,6 +395,31 @@ def test_submit_schedule_creates_a_recurring_run(kfp_server, tmp_path):
     assert body["runtime_config"]["parameters"]["data_size"] == "small"
 
 
+def test_submit_to_a_multi_user_kubeflow_with_a_namespace_and_token(kfp_server, tmp_path):
+    kfp_server.token = "s3cret-token"
+    refused = submit(kfp_server, tmp_path, "--namespace", "team-a")
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "refused the request (HTTP 401)" in line and "KFP_TOKEN" in line
+    assert not kfp_server.calls("POST", "/apis/v2beta1/runs")
+
+    proc = medssl(
+        "pipeline", "submit", "--host", kfp_server.url, "--namespace", "team-a",
+        env={"HOME": str(tmp_path), "KFP_TOKEN": "s3cret-token"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "s3cret-token" not in proc.stdout + proc.stderr
+    ok = [r for r in kfp_server.requests if r["auth"] == "Bearer s3cret-token"]
+    assert {r["path"] for r in ok} >= {"/apis/v2beta1/healthz", "/apis/v2beta1/runs"}
+    (created,) = kfp_server.calls("POST", "/apis/v2beta1/experiments")
+    assert created["body"]["namespace"] == "team-a"
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    in_pod = submit(kfp_server, tmp_path, "--namespace", "team-a", "--sa-token", str(token_file))
+    assert in_pod.returncode == 0, in_pod.stderr
+
+
 def test_submit_errors_are_one_line(tmp_path):
     bad_cron = medssl(
         "pipeline", "submit", "--host", "http://127.0.0.1:9", "--schedule", "0 3 * * *"
@@ -384,7 +428,7 @@ def test_submit_errors_are_one_line(tmp_path):
     assert len(bad_cron.stderr.strip().splitlines()) == 1
 
     unreachable = medssl("pipeline", "submit", "--host", "http://127.0.0.1:9")
-    assert unreachable.returncode == 2, unreachable.stderr
+    assert unreachable.returncode == 3, unreachable.stderr  # environment, not input
     lines = unreachable.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the KFP API" in lines[0], unreachable.stderr
 
@@ -427,16 +471,14 @@ def test_resolve_params_layers_and_sentinels():
     assert resolve_params(step_config(cfg, "data")).data.seed == 4
 
 
-def test_markdown_html_tables_lists_and_embedded_images(tmp_path):
-    (tmp_path / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    md = "# Evaluation\n\nSome `code` text.\n\n| | a | b |\n|---|---:|---:|\n| F1 | 0.5 | <1 |\n\n"
-    md += "- one\n- two\n\n![curves](plot.png)\n"
-    page = markdown_html(md, tmp_path, title="Evaluation")
-    assert "<h1>Evaluation</h1>" in page and "<code>code</code>" in page
-    assert "<th>a</th>" in page and "<td>0.5</td>" in page and "<td>&lt;1</td>" in page
-    assert "---" not in page
-    assert "<li>two</li>" in page
-    assert 'src="data:image/png;base64,' in page
+def test_evaluation_markdown_embeds_its_plots(tmp_path):
+    png = b"\x89PNG\r\n\x1a\nfake"
+    (tmp_path / "plot.png").write_bytes(png)
+    md = "# Evaluation\n\n| | a |\n|---|---:|\n| F1 | 0.5 |\n\n![curves](plot.png) ![x](gone.png)\n"
+    page = evaluation_markdown(md, tmp_path)
+    assert page.startswith("# Evaluation\n\n| | a |")  # Markdown stays Markdown
+    assert f"![curves](data:image/png;base64,{base64.b64encode(png).decode()})" in page
+    assert "![x](gone.png)" in page  # a missing file stays a link
 
 
 def test_link_split_images_when_the_relative_path_breaks(tiny_archive, tmp_path, tiny_params):
@@ -484,8 +526,8 @@ def test_resolve_config_component_body():
 
 def test_data_and_validate_component_bodies(tmp_path):
     """The data body synthesizes the tiny archive (no data repo) and tags it; the validate body
-    writes its HTML report and fails the step on a broken dataset."""
-    from kfp.dsl import HTML, Artifact, Dataset
+    writes its Markdown report and fails the step on a broken dataset."""
+    from kfp.dsl import Artifact, Dataset, Markdown
 
     c = _components()
     cfg = load_params(Path("/nonexistent"), ["data.size=tiny", "data.workers=1"])
@@ -507,7 +549,7 @@ def test_data_and_validate_component_bodies(tmp_path):
     # break it: one image file missing
     first = next((Path(dataset.path) / "images").rglob("*.png"))
     first.unlink()
-    report = HTML(name="report", uri=str(tmp_path / "validate" / "report"))
+    report = Markdown(name="report", uri=str(tmp_path / "validate" / "report"))
     results = Artifact(name="results", uri=str(tmp_path / "validate" / "results"))
     Path(report.path).parent.mkdir(parents=True)
     with pytest.raises(ValidationFailed, match="failed validation"):
@@ -518,5 +560,6 @@ def test_data_and_validate_component_bodies(tmp_path):
             results=results,
         )
     page = Path(report.path).read_text()
-    assert "FAILED" in page and "<table>" in page
+    assert page.startswith("# Data validation") and "| **FAILED** |" in page
+    assert "| expectation | view | result | unexpected | examples |" in page
     assert (Path(results.path) / "report.json").is_file()

@@ -74,14 +74,19 @@ def test_run_local_end_to_end_registers_the_model(tmp_path):
     log = Path(proc.stdout.split("log: ", 1)[1].splitlines()[0]).read_text()
     assert '"outputFile"' in log and "have no effect in the current local runner" in log
 
-    # typed artifacts on disk: the model folder, the HTML reports, the test metrics
+    # typed artifacts on disk: the model folder, the Markdown reports, the test metrics
     assert (run_dir / "train" / "model" / "model.pt").is_file()
-    assert "<table>" in (run_dir / "validate" / "report").read_text()
+    assert (run_dir / "validate" / "report").read_text().startswith("# Data validation")
     evaluation = (run_dir / "evaluate" / "report").read_text()
-    assert "Evaluation" in evaluation and "data:image/png;base64," in evaluation
+    assert evaluation.startswith("# Evaluation") and "(data:image/png;base64," in evaluation
     executor = json.loads((run_dir / "evaluate" / "executor_output.json").read_text())
     metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert 0 <= metrics["test_f1_weighted"] <= 1
+    own = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    assert metrics["test_f1_weighted"] == own["test_f1_weighted"]  # the same names and numbers
+    classification = executor["artifacts"]["classification"]["artifacts"][0]["metadata"]
+    matrix = classification["confusionMatrix"]["rows"]
+    assert sum(map(sum, (r["row"] for r in matrix))) == own["test_images"] * len(own["per_class"])
+    assert classification["confidenceMetrics"]
 
     client = mlflow_client(tmp_path)
     champion = client.get_model_version_by_alias("abdominal-organs", "champion")

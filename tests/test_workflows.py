@@ -113,7 +113,23 @@ def test_retrain_builds_and_pushes_the_commit_image_then_submits_with_it():
     assert build["with"]["push"] is True
     ref_step = next(s for s in image_job["steps"] if s.get("id") == "ref")
     assert "ghcr.io/" in ref_step["run"] and ":${GITHUB_SHA}" in ref_step["run"]
-    assert build["with"]["tags"] == "${{ steps.ref.outputs.image }}"
+    tags = build["with"]["tags"].strip().splitlines()
+    assert tags == ["${{ steps.ref.outputs.image }}", "${{ steps.ref.outputs.latest }}"]
+    # on main, :latest too: the tag the committed spec and the overlays run (same repository)
+    assert "latest=${repo}:latest" in ref_step["run"] and "refs/heads/main" in ref_step["run"]
+    default_image = re.search(
+        r'DEFAULT_IMAGE = "([^"]+)"', (ROOT / "components" / "image.py").read_text()
+    ).group(1)
+    owner_repo = "ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/medssl"
+    assert f'repo="{owner_repo}"' in ref_step["run"]
+    assert default_image == "ghcr.io/medssl/medssl:latest"  # the project's own owner: medssl
+    for overlay in ("local", "gke"):
+        kustom = yaml.safe_load((ROOT / f"infra/k8s/overlays/{overlay}/kustomization.yaml").open())
+        (image,) = kustom["images"]
+        assert f"{image['name']}:{image.get('newTag', 'latest')}" == default_image
+    # the submitted run pins the commit's image, and CI checks every compiled step runs it
+    check = next(s for s in submit_job["steps"] if s.get("name", "").startswith("Check that"))
+    assert 'build/training.yaml "$IMAGE"' in check["run"]
     assert image_job["outputs"]["image"] == "${{ steps.ref.outputs.image }}"
     assert submit_job["needs"] == "image"
     assert submit_job["env"]["IMAGE"] == "${{ needs.image.outputs.image }}"

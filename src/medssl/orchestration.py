@@ -1,7 +1,7 @@
 """What the Kubeflow components (`components/`) do besides calling a stage, as plain functions so
 they are unit-tested without KFP: resolve a run's config from the pipeline parameters, get the
-data (DVC fetch or the embedded synthetic archive), fail a step on a validation failure, render
-HTML reports, and open / close the MLflow parent run of a pipeline run.
+data (DVC fetch or the embedded synthetic archive), fail a step on a validation failure, write the
+Markdown reports of the KFP UI, and open / close the MLflow parent run of a pipeline run.
 
 A component body imports from here and from `medssl.stages`; nothing here imports kfp.
 """
@@ -9,7 +9,6 @@ A component body imports from here and from `medssl.stages`; nothing here import
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 import re
@@ -220,119 +219,45 @@ def check_validation(result: ValidationResult) -> None:
     )
 
 
-def validation_html(result: ValidationResult) -> str:
-    """A one-page HTML report: the verdict, then one row per expectation."""
+def validation_markdown(result: ValidationResult) -> str:
+    """The KFP UI's Markdown report of a validation: the verdict, then one row per expectation."""
     from medssl.stages.validate import summary
 
     report = json.loads(Path(result.report_path).read_text())
-    rows = []
+    rows = ["| expectation | view | result | unexpected | examples |", "|---|---|---|---:|---|"]
     for e in report.get("expectations", []):
-        state = "skipped" if e.get("skipped") else ("ok" if e.get("success") else "FAILED")
+        state = "skipped" if e.get("skipped") else ("ok" if e.get("success") else "**FAILED**")
         count = e.get("unexpected_count")
         examples = "; ".join(str(x) for x in (e.get("examples") or [])[:5])
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(v))}</td>"
-                for v in (e.get("name"), e.get("view"), state, "" if count is None else count)
-            )
-            + f"<td><small>{html.escape(examples or e.get('error') or '')}</small></td></tr>"
-        )
-    body = (
-        f"<pre>{html.escape(summary(result))}</pre>\n<table>\n<tr><th>expectation</th>"
-        "<th>view</th><th>result</th><th>unexpected</th><th>examples</th></tr>\n"
-        + "\n".join(rows)
-        + "\n</table>"
-    )
-    return _page("Data validation", body)
+        cells = [
+            e.get("name"),
+            e.get("view"),
+            state,
+            "" if count is None else count,
+            examples or e.get("error") or "",
+        ]
+        rows.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return "\n".join(["# Data validation", "", "```", summary(result), "```", "", *rows, ""])
 
 
-# ------------------------------------------------------------------------------ HTML
+def evaluation_markdown(report_md: str, out_dir: Path) -> str:
+    """report.md for the KFP UI's Markdown viewer: its PNG images embedded as data URIs."""
 
+    def embed(match: re.Match[str]) -> str:
+        path = Path(out_dir) / match.group(2)
+        if path.suffix.lower() != ".png" or not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
 
-def markdown_html(text: str, base_dir: Path | None = None, title: str = "Report") -> str:
-    """Render the small Markdown of medssl reports (headings, paragraphs, lists, pipe tables,
-    images) as one self-contained HTML page; images under base_dir are embedded."""
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        if not line:
-            i += 1
-        elif line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")), 6)
-            out.append(f"<h{level}>{_inline(line[level:].strip(), base_dir)}</h{level}>")
-            i += 1
-        elif line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append(lines[i])
-                i += 1
-            out.append(_table(block, base_dir))
-        elif line.startswith(("- ", "* ")):
-            items = []
-            while i < len(lines) and lines[i].startswith(("- ", "* ")):
-                items.append(f"<li>{_inline(lines[i][2:].strip(), base_dir)}</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
-                para.append(lines[i].strip())
-                i += 1
-            out.append(f"<p>{_inline(' '.join(para), base_dir)}</p>")
-    return _page(title, "\n".join(out))
-
-
-def _table(block: list[str], base_dir: Path | None) -> str:
-    rows = [[c.strip() for c in row.strip().strip("|").split("|")] for row in block]
-    rows = [r for r in rows if not all(re.fullmatch(r":?-+:?", c) for c in r if c)]
-    if not rows:
-        return ""
-    head, *body = rows
-    html_rows = ["<tr>" + "".join(f"<th>{_inline(c, base_dir)}</th>" for c in head) + "</tr>"]
-    html_rows += [
-        "<tr>" + "".join(f"<td>{_inline(c, base_dir)}</td>" for c in r) + "</tr>" for r in body
-    ]
-    return "<table>\n" + "\n".join(html_rows) + "\n</table>"
+    return _IMAGE.sub(embed, report_md)
 
 
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 
 
-def _inline(text: str, base_dir: Path | None) -> str:
-    parts, last = [], 0
-    for m in _IMAGE.finditer(text):
-        parts.append(_emphasis(html.escape(text[last : m.start()])))
-        parts.append(_image(m.group(1), m.group(2), base_dir))
-        last = m.end()
-    parts.append(_emphasis(html.escape(text[last:])))
-    return "".join(parts)
-
-
-def _emphasis(text: str) -> str:
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-
-
-def _image(alt: str, src: str, base_dir: Path | None) -> str:
-    path = (base_dir / src) if base_dir is not None else None
-    if path is not None and path.is_file() and path.suffix.lower() == ".png":
-        data = base64.b64encode(path.read_bytes()).decode()
-        src = f"data:image/png;base64,{data}"
-    return f'<img alt="{html.escape(alt)}" src="{html.escape(src)}" style="max-width:100%">'
-
-
-def _page(title: str, body: str) -> str:
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:1em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-    )
-    return (
-        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body>\n{body}\n</body></html>\n"
-    )
+def _md_cell(value: Any) -> str:
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 # ------------------------------------------------------------------------------ MLflow parent run
@@ -372,6 +297,10 @@ def start_pipeline_run(kfp_run_id: str, params: Params, data_tags: Mapping[str, 
         return ""
     mc = client()
     exp = experiment_id(mc, params.register_.experiment)
+    existing = _kfp_parent_run(mc, kfp_run_id)
+    if existing:  # a retried start-run step: the parent run of this KFP run already exists
+        print(f"MLflow parent run {existing} (experiment {params.register_.experiment!r})")
+        return existing
     data = {k: str(v) for k, v in data_tags.items() if k.startswith("medssl.data.")}
     # what stage_run records on a parent (version, user, commit: the image has no repository,
     # the data revision is in data_tags)
@@ -393,23 +322,10 @@ def finish_pipeline_run(kfp_run_id: str, experiment: str, state: str) -> str:
         return ""
     status = {"SUCCEEDED": "FINISHED", "CANCELLED": "KILLED"}.get(state.upper(), "FAILED")
     mc = client()
-    exps = [e.experiment_id for e in mc.search_experiments()]
-    runs = (
-        mc.search_runs(
-            exps,
-            filter_string=(
-                f"tags.`{TAG_KFP_RUN}` = '{kfp_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
-            ),
-            max_results=1,
-        )
-        if exps
-        else []
-    )
-    if runs:
-        run_id = runs[0].info.run_id
-    elif status == "FINISHED":
-        return status  # tracking was off in the steps: nothing to close
-    else:
+    run_id = _kfp_parent_run(mc, kfp_run_id)
+    if run_id is None:
+        if status == "FINISHED":
+            return status  # tracking was off in the steps: nothing to close
         run_id = mc.create_run(
             experiment_id(mc, experiment),
             run_name=f"kfp-{kfp_run_id[:12]}",
@@ -419,3 +335,18 @@ def finish_pipeline_run(kfp_run_id: str, experiment: str, state: str) -> str:
     mc.set_terminated(run_id, status)
     print(f"MLflow parent run {run_id}: {status} (pipeline {state})")
     return status
+
+
+def _kfp_parent_run(mc: Any, kfp_run_id: str) -> str | None:
+    """The MLflow parent run already created for this KFP run, if any."""
+    from medssl.tracking.runs import TAG_KIND
+
+    exps = [e.experiment_id for e in mc.search_experiments()]
+    if not exps:
+        return None
+    runs = mc.search_runs(
+        exps,
+        filter_string=f"tags.`{TAG_KFP_RUN}` = '{kfp_run_id}' and tags.`{TAG_KIND}` = 'pipeline'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
