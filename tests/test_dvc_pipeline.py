@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
+
+from medssl.metrics.multilabel import weighted_f1
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -28,8 +32,8 @@ def run(cmd: list[str], cwd: Path, ok: bool = True) -> str:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the repo's pipeline (dvc.yaml, params.yaml, code deps) set to `tiny`."""
-    for name in ("dvc.yaml", ".dvcignore"):
+    """A copy of the repo's pipeline (dvc.yaml, params.yaml, .gitignore, code deps) on `tiny`."""
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
@@ -39,23 +43,40 @@ def project(tmp_path: Path) -> Path:
     params["train"].update(max_epochs=2, checkpoint_every=5)
     params["evaluate"]["bootstrap"] = 50
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / ".gitignore").write_text(
-        "/data/\n/reports/\n/models/\n/.cache/\nmlflow.db\n/mlruns/\n"
-    )
     run(["git", "init", "-q"], tmp_path)
-    run(["git", "add", "-A"], tmp_path)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], tmp_path)
+    commit(tmp_path, "init")
     return tmp_path
 
 
-def test_repro_then_nothing_then_experiment(project: Path):
+def commit(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
+
+
+def versions(project: Path) -> dict[str, dict[str, str]]:
+    """version → tags of every registered version in the project's own mlflow.db."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    found = client.search_model_versions("name = 'abdominal-organs'")
+    return {str(v.version): dict(v.tags) for v in found}
+
+
+def test_repro_then_nothing_then_queued_experiment(project: Path):
     out = run(["dvc", "repro"], project)
     for stage in ("synth", "validate", "split", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in out
     assert (project / "data/splits/splits.json").is_file()
     assert (project / "reports/validate/report.json").is_file()
+    # metrics.json holds the weighted F1 of the model's own predictions at the val thresholds
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
-    assert 0 <= metrics["f1_weighted"] <= 1
+    preds = pd.read_parquet(project / "models/supervised/predictions.parquet")
+    thresholds = pd.read_csv(project / "reports/evaluate/thresholds.csv")
+    test = preds[preds["split"] == "test"]
+    y = test[[f"label_{c}" for c in thresholds["class"]]].to_numpy(int)
+    scores = test[[f"score_{c}" for c in thresholds["class"]]].to_numpy()
+    decided = scores >= thresholds["threshold"].fillna(np.inf).to_numpy()
+    assert metrics["test_f1_weighted"] == pytest.approx(weighted_f1(y, decided))
     first = json.loads((project / "reports/register.json").read_text())
     assert first["version"] == "1" and first["gate_decision"] == "promoted"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -64,19 +85,38 @@ def test_repro_then_nothing_then_experiment(project: Path):
     again = run(["dvc", "repro"], project)
     assert "Running stage" not in again
 
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], project)
-    exp = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], project)
-    # only what the change touches re-runs, and the registry gets a second, gated version
+    # the small metric and plot files are in git, so DVC can compare them across commits
+    commit(project, "lock")
+    tracked = run(["git", "ls-files", "reports", "models"], project).split()
+    assert "reports/evaluate/metrics.json" in tracked
+    assert "models/supervised/history.csv" in tracked
+    assert any(p.startswith("reports/evaluate/pr/") and p.endswith(".csv") for p in tracked)
+    assert not any(p.endswith((".pt", ".parquet")) for p in tracked)  # DVC's cache holds those
+
+    # a queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps): its MLflow
+    # runs and model still land in the repository's mlflow.db and mlruns/
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001", "-n", "lr3"], project)
+    ran = run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
     for stage in ("synth", "validate", "split"):
-        assert f"Running stage '{stage}'" not in exp
-    for stage in ("train", "evaluate", "register"):
-        assert f"Running stage '{stage}'" in exp
-    second = json.loads((project / "reports/register.json").read_text())
-    assert second["version"] == "2"
-    assert second["gate_decision"] in {"promoted", "refused"}
-    listing = run(["medssl", "models", "list"], project)
-    assert "champion" in listing and "2" in listing
+        assert f"Running stage '{stage}'" not in ran
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
+    assert any("lr3" in json.dumps(e) for e in exps), shown
+    assert "test_f1_weighted" in json.dumps(exps)
+    registered = versions(project)
+    assert set(registered) == {"1", "2"}
+    second = registered["2"]
+    assert second["medssl.gate.champion_version"] == "1"
+    assert second["medssl.gate.champion_source"] == "rescored"  # v1 scored on v2's test split
+    challenger = float(second["medssl.gate.challenger_test_f1_weighted"])
+    champion = float(second["medssl.gate.champion_test_f1_weighted"])
+    expected = "promoted" if challenger > champion + 0.0 else "refused"
+    assert second["medssl.gate.decision"] == expected, second["medssl.gate.reason"]
+    # the same split, so the rescored champion equals its own recorded number
+    assert champion == pytest.approx(float(registered["1"]["medssl.metric.test_f1_weighted"]))
+    artifacts = (project / "mlruns").resolve()
+    assert artifacts.is_dir() and any(artifacts.rglob("MLmodel"))
+    assert not list((project / ".dvc").rglob("mlflow.db"))
 
 
 def test_a_failed_validation_stops_the_pipeline(project: Path):
