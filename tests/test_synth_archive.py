@@ -1,5 +1,4 @@
 import hashlib
-import time
 
 import numpy as np
 import pandas as pd
@@ -111,10 +110,8 @@ def digest(root) -> dict[str, str]:
     }
 
 
-def test_tiny_is_fast_and_byte_identical_whatever_the_workers(tmp_path):
-    start = time.perf_counter()
+def test_tiny_is_byte_identical_whatever_the_workers(tmp_path):
     synth(tmp_path / "a", DataConfig(size="tiny", seed=1, workers=1), SplitConfig(), progress=False)
-    assert time.perf_counter() - start < 5
     synth(tmp_path / "b", DataConfig(size="tiny", seed=1, workers=2), SplitConfig(), progress=False)
     synth(tmp_path / "c", DataConfig(size="tiny", seed=2, workers=2), SplitConfig(), progress=False)
     a, b, c = digest(tmp_path / "a"), digest(tmp_path / "b"), digest(tmp_path / "c")

@@ -1,31 +1,30 @@
 """The train stage end to end on the tiny archive, and the supervised method's loss."""
 
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
-from medssl.config import TrainConfig
+from medssl.config import TrainConfig, load_params
 from medssl.data.augment import to_float
 from medssl.data.cache import open_cache
 from medssl.data.contract import Dataset
 from medssl.errors import ConfigError
 from medssl.methods import METHODS, Supervised
 from medssl.methods.supervised import multilabel_bce
-from medssl.metrics.multilabel import best_thresholds, constant_score_thresholds, weighted_f1
 from medssl.models import load_model
 from medssl.stages.split import split
+from medssl.stages.synth import synth
 from medssl.stages.train import HISTORY_COLUMNS, train
 
-
-@pytest.fixture(scope="module")
-def tiny_split(tiny_archive, tiny_params, tmp_path_factory):
-    out = tmp_path_factory.mktemp("split") / "abdominal-us"
-    split(tiny_archive, out, tiny_params.split)
-    return out
+EPOCHS = 20
+SPLITS = "{unlabeled: 0.0, train: 0.6, val: 0.2, test: 0.2}"
 
 
 def _cfg(cache_dir, **overrides) -> TrainConfig:
@@ -34,8 +33,8 @@ def _cfg(cache_dir, **overrides) -> TrainConfig:
         "cache_dir": str(cache_dir),
         "batch_exams": 2,
         "max_batch_images": 32,
-        "max_epochs": 16,
-        "patience": 16,
+        "max_epochs": EPOCHS,
+        "patience": EPOCHS,
         "lr": 1e-3,
         "checkpoint_every": 1000,
     }
@@ -43,10 +42,21 @@ def _cfg(cache_dir, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_split, tmp_path_factory):
+def labeled_split(tmp_path_factory) -> Path:
+    """The tiny archive with every patient labeled, 60/20/20 % train/val/test: 180 / 87 / 63
+    images, enough for a quality assertion that holds whatever the CPU (see below)."""
+    root = tmp_path_factory.mktemp("labeled")
+    params = load_params(Path("/nonexistent"), ["data.size=tiny", f"split.fractions={SPLITS}"])
+    synth(root / "archive", params.data, params.split, progress=False)
+    split(root / "archive", root / "split", params.split)
+    return root / "split"
+
+
+@pytest.fixture(scope="module")
+def trained(labeled_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     cfg = _cfg(root / "cache")
-    return train(tiny_split, root / "model", cfg, progress=False), cfg
+    return train(labeled_split, root / "model", cfg, progress=False), cfg
 
 
 def test_supervised_is_registered():
@@ -67,7 +77,7 @@ def test_bce_equals_a_hand_computation():
     assert multilabel_bce(logits.bfloat16(), targets).dtype == torch.float32
 
 
-def test_train_writes_the_model_folder(trained, tiny_split):
+def test_train_writes_the_model_folder(trained, labeled_split):
     result, _ = trained
     out = result.out_dir
     for name in ("model.pt", "predictions.parquet", "history.csv", "train.json"):
@@ -76,33 +86,36 @@ def test_train_writes_the_model_folder(trained, tiny_split):
 
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == HISTORY_COLUMNS
-    assert history["epoch"].tolist() == list(range(1, 17))
+    assert history["epoch"].tolist() == list(range(1, EPOCHS + 1))
     assert history["step"].is_monotonic_increasing
 
     summary = json.loads((out / "train.json").read_text())
-    for key in (
-        "method",
-        "backbone",
-        "init",
-        "best_epoch",
-        "epochs",
-        "steps",
-        "stopped_early",
-        "device",
-        "images_per_s",
-        "seconds",
-        "best_val_f1_weighted",
-        "train_images",
-        "label_fraction",
-    ):
-        assert key in summary, key
-    # every train row of the tiny archive is labeled (label fraction 1)
-    train_rows = int((Dataset.open(tiny_split).manifest["split"] == "train").sum())
-    assert summary["device"] == "cpu" and summary["train_images"] == train_rows
-    best = history.loc[history["epoch"] == summary["best_epoch"], "val_f1_weighted"].item()
-    assert best == pytest.approx(history["val_f1_weighted"].max())
+    _, cfg = trained
+    ds = Dataset.open(labeled_split)
+    train_rows = int((ds.manifest["split"] == "train").sum())  # all labeled, fraction 1
+    assert summary == {
+        **summary,  # timings: checked for sense below
+        "out_dir": str(out),
+        "dataset": str(labeled_split.resolve()),
+        "method": "supervised",
+        "backbone": cfg.backbone,
+        "init": "random",
+        "epochs": EPOCHS,
+        "steps": int(history["step"].iloc[-1]),
+        "stopped_early": False,
+        "device": "cpu",
+        "train_images": train_rows,
+        "label_fraction": 1.0,
+        "resumed_from_step": None,
+        "model_sha256": hashlib.sha256((out / "model.pt").read_bytes()).hexdigest(),
+    }
+    # the best epoch is the one with the highest val F1, and its score is that F1
+    best = int(history.loc[history["val_f1_weighted"].idxmax(), "epoch"])
+    assert summary["best_epoch"] == best
+    assert summary["best_val_f1_weighted"] == pytest.approx(history["val_f1_weighted"].max())
+    assert summary["seconds"] >= history["seconds"].sum() * 0.99 > 0
+    assert summary["images_per_s"] > 0
 
-    ds = Dataset.open(tiny_split)
     preds = pd.read_parquet(out / "predictions.parquet")
     manifest = ds.manifest
     expected = manifest[manifest["split"].isin(["val", "test"])]
@@ -114,10 +127,10 @@ def test_train_writes_the_model_folder(trained, tiny_split):
         assert preds[f"score_{c}"].between(0, 1).all()
 
 
-def test_model_file_reproduces_the_predictions(trained, tiny_split):
+def test_model_file_reproduces_the_predictions(trained, labeled_split):
     result, cfg = trained
     model, meta = load_model(result.out_dir / "model.pt")
-    ds = Dataset.open(tiny_split)
+    ds = Dataset.open(labeled_split)
     assert meta["classes"] == ds.info.classes and meta["in_channels"] == 1
     assert meta["image_size"] == 32 and meta["task"] == "multilabel"
     assert meta["method"] == "supervised" and meta["best_epoch"] == result.best_epoch
@@ -132,22 +145,31 @@ def test_model_file_reproduces_the_predictions(trained, tiny_split):
 
 
 def test_a_few_steps_beat_the_label_prevalence_baseline(trained):
-    # 64 steps from scratch on 97 images; seeds 0-9 all beat the baseline by 0.05-0.13 here
+    """Training learns: the test scores rank positives above negatives far better than the
+    label-prevalence baseline (a constant score: ROC AUC 0.5 for every class).
+
+    Threshold-free on purpose: the weighted F1 at val-tuned thresholds of a 20-epoch run on 180
+    images moves by ±0.08 with the CPU's float kernels and came within 0.005 of the baseline's
+    once. Mean per-class test ROC AUC, measured for seeds 0-3 under 1 and 2 torch threads with
+    torch.backends.mkldnn on and off: 0.741-0.850; the bar is 0.65 (the baseline's 0.5 + 0.15)."""
     result, _ = trained
     preds = pd.read_parquet(result.out_dir / "predictions.parquet")
+    test = preds[preds["split"] == "test"]
     labels = [c for c in preds.columns if c.startswith("label_")]
-    scores = [c.replace("label_", "score_") for c in labels]
-    val, test = preds[preds["split"] == "val"], preds[preds["split"] == "test"]
-    y_val, y_test = val[labels].to_numpy(int), test[labels].to_numpy(int)
-    model_f1 = weighted_f1(y_test, test[scores].to_numpy() >= best_thresholds(y_val, val[scores]))
-    constant = np.zeros(y_test.shape)
-    baseline_f1 = weighted_f1(y_test, constant >= constant_score_thresholds(y_val))
-    assert model_f1 > baseline_f1 + 0.03, (model_f1, baseline_f1)
+    aucs = [
+        roc_auc_score(test[c], test[c.replace("label_", "score_")])
+        for c in labels
+        if 0 < test[c].sum() < len(test)
+    ]
+    assert len(aucs) >= 5  # most classes have positives and negatives in the test split
+    constant = [roc_auc_score(test[c], np.zeros(len(test))) for c in labels if test[c].any()]
+    assert set(constant) == {0.5}
+    assert np.mean(aucs) > 0.65, aucs
 
 
-def test_resuming_a_finished_run_does_not_train_again(trained, tiny_split):
+def test_resuming_a_finished_run_does_not_train_again(trained, labeled_split):
     result, cfg = trained
-    again = train(tiny_split, result.out_dir, cfg, resume=True, progress=False)
+    again = train(labeled_split, result.out_dir, cfg, resume=True, progress=False)
     assert again.resumed_from_step == result.steps == again.steps
     assert again.best_epoch == result.best_epoch
     assert "best epoch" in again.describe()
