@@ -55,6 +55,8 @@ bench: venv ## run the benchmarks (JSON to benchmarks/results/)
 	python benchmarks/train_throughput.py | tee benchmarks/results/train_throughput.json
 	python benchmarks/synth_learnability.py | tee benchmarks/results/synth_learnability.json
 	python benchmarks/ingest_throughput.py | tee benchmarks/results/ingest_throughput.json
+	python benchmarks/ingest_commits.py | tee benchmarks/results/ingest_commits.json
+	python benchmarks/evaluate_bootstrap.py | tee benchmarks/results/evaluate_bootstrap.json
 
 IMAGE ?= medssl:dev
 image: ## build the container image (needs a Docker engine; IMAGE=name:tag)

@@ -133,6 +133,7 @@ def test_register_refuses_metrics_of_another_model(capsys, model, in_tmp):
     expect_error(outcome, EXIT_USAGE, "scored another model")
     missing = cli(capsys, "register", in_tmp / "nothing")
     expect_error(missing, EXIT_USAGE, "metrics.json", "run `medssl evaluate`")
+    assert not (in_tmp / "mlflow.db").exists()  # inputs are checked before MLflow is touched
 
 
 # ------------------------------------------------------------------ MLflow (exit code 3 / 2)
@@ -172,11 +173,13 @@ def test_read_only_commands_create_no_mlflow_db(capsys, in_tmp):
 
 def test_debug_adds_the_traceback(capsys, in_tmp, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_uri())
+    monkeypatch.setenv("MEDSSL_DEBUG", "0")  # --debug sets it: restored after the test
     outcome = cli(capsys, "--debug", "models", "list")
     assert outcome.code == EXIT_ENVIRONMENT
     assert "Traceback" in outcome.err and "ServiceError" in outcome.err
     assert outcome.err.strip().splitlines()[-1].startswith("error: cannot reach")
-    monkeypatch.delenv("MEDSSL_DEBUG")  # --debug set it for the rest of this process
+    monkeypatch.setenv("MEDSSL_DEBUG", "1")
+    assert "Traceback" in cli(capsys, "models", "list").err  # the variable does the same
 
 
 def test_s3_artifact_store_unreachable(capsys, model, in_tmp, monkeypatch):

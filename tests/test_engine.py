@@ -280,3 +280,26 @@ def test_resuming_a_finished_run_with_a_larger_budget_trains_on(tmp_path):
         load_checkpoint(tmp_path / "a" / "last.pt")["model"],
         load_checkpoint(tmp_path / "b" / "last.pt")["model"],
     )
+
+
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tiny_split, tmp_path, capsys):
+    """No GPU here: a CPU checkpoint is rewritten as a CUDA run writes it (device_type "cuda", the
+    CUDA generator's 16-byte Philox state). Resuming it on the CPU restores weights, optimizer,
+    samplers and early stopping, re-seeds only the augmentation generator, and says so."""
+    from medssl.engine.checkpoint import save_checkpoint
+
+    cfg = _cfg(tmp_path, max_epochs=2)
+    killed = _supervised(tiny_split, tmp_path / "run", cfg, [KillAt(5)])
+    with pytest.raises(SimulatedKill):
+        killed.fit()
+    path = tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(path)
+    assert ckpt["device_type"] == "cpu"
+    ckpt.update(device_type="cuda", generator=torch.zeros(16, dtype=torch.uint8))
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+
+    resumed = _supervised(tiny_split, tmp_path / "run", cfg)
+    result = resumed.fit(resume=True)
+    assert result.resumed_from_step == 3 and result.steps == 8 and result.epochs == 2
+    assert "resuming a cuda checkpoint on cpu" in capsys.readouterr().err
+    assert [r["epoch"] for r in result.history] == [1, 2]

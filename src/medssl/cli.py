@@ -320,8 +320,9 @@ def register_cmd(
     the champion by `register.margin` on `register.metric`, the champion being scored on the same
     test split first (register.rescore_champion)."""
     cfg = _params(params, set_)
-    from medssl.stages.register import register
+    from medssl.stages.register import check_inputs, register
 
+    _, dataset, *_ = check_inputs(model_dir, eval_dir, dataset, cfg.register_)  # before MLflow
     with _tracked("register", cfg, dataset, True) as tracker:
         result = register(
             model_dir, eval_dir, dataset, cfg.register_, tracker=tracker, record=record

@@ -91,12 +91,12 @@ def load_tagged_torch(path: Path | str, fmt: str, what: str) -> dict[str, Any]:
 @contextmanager
 def output_errors(what: Path | str) -> Iterator[None]:
     """Turn an OSError of a refused write (disk full, read-only file system, permission) into a
-    one-line OutputError naming the file, or `what` when the error names none."""
+    one-line OutputError naming `what`, the output the user asked for (not a staging file)."""
     try:
         yield
     except OSError as exc:
         if exc.errno in WRITE_ERRNOS:
-            raise os_error(exc, str(what)) from exc
+            raise os_error(OSError(exc.errno, exc.strerror), str(what)) from exc
         raise
 
 

@@ -107,14 +107,10 @@ def register(
 
     tracker = tracker if tracker is not None else NullTracker()
     model_dir = Path(model_dir)
-    eval_dir = Path(eval_dir) if eval_dir is not None else default_eval_dir(model_dir)
-    if dataset_dir is None:
-        trained_on = read_summary(model_dir).get("dataset")
-        dataset_dir = Path(trained_on) if trained_on else None
+    eval_dir, dataset_dir, metrics, metric, model_sha = check_inputs(
+        model_dir, eval_dir, dataset_dir, cfg
+    )
     metrics_path = eval_dir / METRICS_FILE
-    metrics = _read_metrics(metrics_path)
-    metric = _metric_key(metrics, cfg.metric, metrics_path)
-    model_sha = _check_own(metrics, model_dir, eval_dir)
     model, meta = load_model(model_dir / MODEL_FILE)
     name = cfg.model_name or DEFAULT_MODEL_NAME
 
@@ -164,6 +160,24 @@ def register(
     if record is not None:  # a DVC output: never left half-written
         atomic_write_text(record, json.dumps(result.to_json(), indent=2, default=str) + "\n")
     return result
+
+
+def check_inputs(
+    model_dir: Path, eval_dir: Path | None, dataset_dir: Path | None, cfg: RegisterConfig
+) -> tuple[Path, Path | None, dict[str, Any], str, str]:
+    """What register reads, checked before anything is logged: (eval dir, dataset dir, the
+    metrics, the gate's metric name, model.pt's sha256). One-line errors for a missing or
+    foreign metrics.json and an unknown register.metric."""
+    model_dir = Path(model_dir)
+    eval_dir = Path(eval_dir) if eval_dir is not None else default_eval_dir(model_dir)
+    if dataset_dir is None:
+        trained_on = read_summary(model_dir).get("dataset")
+        dataset_dir = Path(trained_on) if trained_on else None
+    metrics_path = eval_dir / METRICS_FILE
+    metrics = _read_metrics(metrics_path)
+    metric = _metric_key(metrics, cfg.metric, metrics_path)
+    model_sha = _check_own(metrics, model_dir, eval_dir)
+    return eval_dir, dataset_dir, metrics, metric, model_sha
 
 
 def champion_scorer(name: str, dataset_dir: Path | None, metric: str) -> ChampionScorer:
