@@ -1,5 +1,7 @@
 """Image cache, exam batch sampler and device augmentations."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,20 @@ def test_cache_is_reused_and_invalidated_when_the_manifest_changes(
     # the key the train stage fingerprints a run with follows the dataset, as the file name does
     assert again.key == first.key != changed.key and changed.key in changed.path.name
     assert np.array_equal(changed.images, first.images[:30])
+
+
+def test_cache_notices_an_image_edited_in_place(tiny_archive, tmp_path):
+    """Same manifest, same dataset.yaml, one image file rewritten: a new cache, new pixels."""
+    root = tmp_path / "archive"
+    shutil.copytree(tiny_archive, root)
+    first = open_cache(Dataset.open(root), tmp_path / "cache", progress=False)
+    image = root / Dataset.open(root).manifest["image"].iloc[3]
+    inverted = 255 - np.asarray(Image.open(image).convert("L"))
+    Image.fromarray(inverted).save(image)
+    again = open_cache(Dataset.open(root), tmp_path / "cache", progress=False)
+    assert again.built and again.key != first.key
+    assert np.array_equal(again.images[3], inverted)
+    assert np.array_equal(again.images[4], first.images[4])
 
 
 def test_cache_resizes_to_the_nominal_size(small_dataset, tmp_path):
