@@ -147,6 +147,7 @@ def training(
             model=train.outputs["model"],
             evaluation=evaluate.outputs["evaluation"],
             splits=split.outputs["splits"],
+            images=dataset,
             params=resolved,
             parent_run_id=parent,
         )

@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import typer
 from medssl.cli_options import ParamsOption, SetOption
 from medssl.config import DEFAULT_PARAMS, Params, load_params
 from medssl.errors import ConfigError, MedsslError, ServiceError
+from medssl.net import Unreachable, health_status
 
 PIPELINE_FILE = Path("pipelines/training.py")
 DATA_PARAMS = ("data_repo", "data_rev", "data_path")
@@ -502,22 +501,17 @@ def _probe(host: str, token: str | None = None, timeout: float = 10.0) -> None:
     or refuses the credentials (kfp.Client itself retries for half a minute and then prints a
     traceback)."""
     url = f"{host}/apis/v2beta1/healthz"
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise SubmitError(
-                f"KFP API at {host} refused the request (HTTP {exc.code}): give a token "
-                "(KFP_TOKEN / --token, or --sa-token in a pod) with access to the namespace"
-            ) from None
-        raise SubmitError(f"KFP API at {host}: HTTP {exc.code} from {url}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise SubmitError(f"cannot reach the KFP API at {host} ({reason})") from None
+        status = health_status(url, token=token, timeout=timeout)
+    except Unreachable as exc:
+        raise SubmitError(f"cannot reach the KFP API at {host} ({exc})") from None
+    if status in (401, 403):
+        raise SubmitError(
+            f"KFP API at {host} refused the request (HTTP {status}): give a token "
+            "(KFP_TOKEN / --token, or --sa-token in a pod) with access to the namespace"
+        )
+    if status >= 400:
+        raise SubmitError(f"KFP API at {host}: HTTP {status} from {url}")
 
 
 def _submit(

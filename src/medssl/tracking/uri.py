@@ -12,12 +12,11 @@ asks the server's /health endpoint once, with a short timeout, and raises one li
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from medssl.errors import MedsslError, ServiceError, one_line
+from medssl.errors import MedsslError, ServiceError
+from medssl.net import Unreachable, health_status
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
@@ -96,22 +95,18 @@ def check(uri: str | None = None, *, must_exist: bool = False) -> str:
 
 
 def _probe(uri: str) -> None:
-    url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
-            response.read(64)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise ServiceError(
-                f"MLflow server at {uri} refused the request (HTTP {exc.code}): set "
-                "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD"
-            ) from None
-        if exc.code >= 500:
-            raise ServiceError(f"MLflow server at {uri} is failing (HTTP {exc.code})") from None
-        # some proxies do not route /health: the server answered, which is what we check
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = one_line(getattr(exc, "reason", exc))
+        status = health_status(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S)
+    except Unreachable as exc:
         raise ServiceError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}): check "
+            f"cannot reach the MLflow tracking server at {uri} ({exc}): check "
             "MLFLOW_TRACKING_URI, or unset it to use sqlite:///mlflow.db here"
         ) from None
+    if status in (401, 403):
+        raise ServiceError(
+            f"MLflow server at {uri} refused the request (HTTP {status}): set "
+            "MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD"
+        )
+    if status >= 500:
+        raise ServiceError(f"MLflow server at {uri} is failing (HTTP {status})")
+    # any other answer (some proxies do not route /health): the server is there
