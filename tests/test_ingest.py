@@ -260,20 +260,25 @@ def test_incremental_and_rerun_adds_nothing(run: dict[str, Any]) -> None:
     assert again.counts == full.counts
 
 
+def interrupt_at_chunk(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Ctrl-C when the n-th one-file chunk is about to be converted."""
+    real, calls = reader.convert_files, {"n": 0}
+
+    def interrupted(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(reader, "convert_files", interrupted)
+    monkeypatch.setattr(ingest_stage, "CONVERT_CHUNK", 1)
+
+
 def test_interrupted_run_resumes(run: dict[str, Any], tmp_path: Path, monkeypatch) -> None:
     corpus: Corpus = run["corpus"]
     out = tmp_path / "killed"
     real = reader.convert_files
-    calls = {"n": 0}
-
-    def dies_on_sixth_chunk(*args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(reader, "convert_files", dies_on_sixth_chunk)
-    monkeypatch.setattr(ingest_stage, "CONVERT_CHUNK", 1)
+    interrupt_at_chunk(monkeypatch, 6)
     cfg = config(tmp_path, commit_every=1)
     with pytest.raises(KeyboardInterrupt):
         ingest(corpus.root, out, cfg, reports=corpus.reports_csv, progress=False)
@@ -298,17 +303,7 @@ def test_a_hard_kill_leaves_parts_that_the_next_run_consolidates(
     them, and the next run picks them up: nothing converted twice, the same dataset."""
     corpus: Corpus = run["corpus"]
     out = tmp_path / "hard-killed"
-    real = reader.convert_files
-    calls = {"n": 0}
-
-    def dies_on_fourth_chunk(*args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(reader, "convert_files", dies_on_fourth_chunk)
-    monkeypatch.setattr(ingest_stage, "CONVERT_CHUNK", 1)
+    interrupt_at_chunk(monkeypatch, 4)
     monkeypatch.setattr(ingest_stage, "_consolidate", lambda *a, **k: None)  # SIGKILL: no cleanup
     cfg = config(tmp_path, commit_every=1)
     with pytest.raises(KeyboardInterrupt):
