@@ -151,7 +151,8 @@ def test_a_few_steps_beat_the_label_prevalence_baseline(trained):
     Threshold-free on purpose: the weighted F1 at val-tuned thresholds of a 20-epoch run on 180
     images moves by ±0.08 with the CPU's float kernels and came within 0.005 of the baseline's
     once. Mean per-class test ROC AUC, measured for seeds 0-3 under 1 and 2 torch threads with
-    torch.backends.mkldnn on and off: 0.741-0.850; the bar is 0.65 (the baseline's 0.5 + 0.15)."""
+    torch.backends.mkldnn on and off: 0.741-0.850; the bar is 0.65 (the baseline's 0.5 + 0.15).
+    `python benchmarks/quality_numerics.py` reruns that study."""
     result, _ = trained
     preds = pd.read_parquet(result.out_dir / "predictions.parquet")
     test = preds[preds["split"] == "test"]
