@@ -12,16 +12,16 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
+import pandas as pd
 import pytest
-import torch
 from mlflow import MlflowClient
 
 import mlflow_server as mlflow_server_proc
 from medssl.config import load_params
 from medssl.tracking import stage_run
 from medssl.tracking.registry import CHALLENGER, log_and_register
+from model_files import images_and_expected, saved_classifier
 from s3server import commit_all, init_repo, sh, tree_digest
 
 DATASET = "data/abdominal-us"
@@ -97,16 +97,6 @@ def mlflow_server(_mlflow_server):
     return server.wait_healthy(), bucket
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3)
-        self.head = torch.nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(x).mean((2, 3)))
-
-
 def test_mlflow_server_stores_models_in_s3(s3, mlflow_server, monkeypatch, tmp_path):
     uri, bucket = mlflow_server
     # the client knows only the server's URL: no AWS credentials, no S3 endpoint
@@ -116,21 +106,12 @@ def test_mlflow_server_stores_models_in_s3(s3, mlflow_server, monkeypatch, tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     params = load_params(Path("/nonexistent"), ["register.experiment=remote-artifacts"])
-    meta = {
-        "method": "supervised",
-        "backbone": "tiny",
-        "classes": ["liver", "kidney", "spleen"],
-        "in_channels": 1,
-        "image_size": 16,
-        "task": "multilabel",
-    }
     metrics = {"test_f1_weighted": 0.5, "test_precision_weighted": 0.5, "test_recall_weighted": 0.5}
-    torch.manual_seed(0)
-    model = Tiny().eval()
-    example = np.random.default_rng(0).random((1, 1, 16, 16), dtype=np.float32)
+    classes = ["liver", "kidney", "spleen"]
+    model, spec = saved_classifier(tmp_path / "model.pt", classes)
     try:
         with stage_run("register", params) as tracker:  # the register stage's own path
-            version = log_and_register(model, meta, example, metrics, "s3-organs", tracker)
+            version = log_and_register(tmp_path / "model.pt", spec, metrics, "s3-organs", tracker)
             tracker.log_artifact(_write(tmp_path / "note.txt", "run artifact\n"))
     finally:
         while mlflow.active_run() is not None:
@@ -147,17 +128,24 @@ def test_mlflow_server_stores_models_in_s3(s3, mlflow_server, monkeypatch, tmp_p
     model_id = mv.source.removeprefix("models:/")
     model_dir = f"mlflow/{run.info.experiment_id}/models/{model_id}/artifacts/"
     stored = {k[len(model_dir) :] for k in keys if k.startswith(model_dir)}
-    assert {"MLmodel", "data/model.pth", "requirements.txt", "input_example.json"} <= stored
+    # the self-contained pyfunc: weights, inference spec, the medssl code, requirements
+    assert {
+        "MLmodel",
+        "artifacts/model.pt",
+        "artifacts/inference.json",
+        "requirements.txt",
+    } <= stored
+    assert "code/medssl/models/pyfunc.py" in stored and "input_example.json" in stored
     assert any(k.endswith(f"{tracker.run_id}/artifacts/note.txt") for k in keys)
     assert any(k.endswith(f"{tracker.run_id}/artifacts/config.json") for k in keys)
     text = s3.client().get_object(Bucket=bucket, Key=model_dir + "MLmodel")["Body"].read().decode()
-    assert "pytorch" in text and "medssl" in text  # flavor and medssl metadata
+    assert "python_function" in text and "medssl" in text  # flavor and medssl metadata
 
     # loaded back through the server (which reads S3), the model gives the same outputs
-    loaded = mlflow.pytorch.load_model(f"models:/s3-organs@{CHALLENGER}")
-    x = torch.rand(2, 1, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
+    loaded = mlflow.pyfunc.load_model(f"models:/s3-organs@{CHALLENGER}")
+    images, expected = images_and_expected(model)
+    out = loaded.predict(pd.DataFrame({"image": images}))
+    np.testing.assert_allclose(out[[f"{c}_prob" for c in classes]], expected, atol=1e-6)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,7 @@ import mlflow_server
 from medssl.config import RegisterConfig, load_params
 from medssl.errors import ConfigError, MedsslError
 from medssl.fileio import sha256_file
+from medssl.models import load_model
 from medssl.stages.evaluate import scored_inputs
 from medssl.tracking import NullTracker, Tracker, stage_run
 from medssl.tracking.registry import (
@@ -43,6 +45,7 @@ from medssl.tracking.runs import (
     git_commit,
     tracking_uri,
 )
+from model_files import images_and_expected, saved_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,18 +101,6 @@ def _new_process() -> None:
     assert mlflow.active_run() is None
 
 
-class Tiny(torch.nn.Module):
-    """A 7-class classifier on [B, 1, 16, 16]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3)
-        self.head = torch.nn.Linear(4, 7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(x).mean((2, 3)))
-
-
 META = {
     "method": "supervised",
     "backbone": "tiny",
@@ -120,10 +111,10 @@ META = {
 }
 
 
-def _metrics(f1: float) -> dict:
+def _metrics(f1: float, classes: list[str] = META["classes"]) -> dict:
     per_class = {
         c: {"precision": f1, "recall": f1, "f1": f1, "support": 5, "threshold": 0.5}
-        for c in META["classes"]
+        for c in classes
     }
     return {
         "test_f1_weighted": f1,
@@ -325,11 +316,10 @@ def test_git_commit_of_the_repo():
 
 def _log(name: str, f1: float, lr: str, seed: int) -> tuple[str, torch.nn.Module, str]:
     params = _params(f"registry-{name}", f"train.lr={lr}")
-    torch.manual_seed(seed)
-    model = Tiny().eval()
-    with stage_run("register", params) as tracker:
-        example = np.random.default_rng(seed).random((1, 1, 16, 16), dtype=np.float32)
-        version = log_and_register(model, META, example, _metrics(f1), name, tracker)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, spec = saved_classifier(Path(tmp) / "model.pt", META["classes"], seed=seed)
+        with stage_run("register", params) as tracker:
+            version = log_and_register(Path(tmp) / "model.pt", spec, _metrics(f1), name, tracker)
     return version, model, tracker.run_id
 
 
@@ -428,15 +418,16 @@ def test_registry_flow_and_gate(store, tmp_path):
     with pytest.raises(MedsslError, match="no registered model"):
         list_versions("no-such-model")
 
-    # 7. the champion loads back as a plain nn.Module with the same outputs
-    x = torch.rand(2, 1, 16, 16)
-    loaded = mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}")
-    assert isinstance(loaded, torch.nn.Module) and not isinstance(loaded, torch.fx.GraphModule)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model4(x))
+    # 7. the champion loads back as a pyfunc that labels images with the same probabilities
+    images, expected = images_and_expected(model4)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    out = loaded.predict(pd.DataFrame({"image": images}))
+    classes = META["classes"]
+    np.testing.assert_allclose(out[[f"{c}_prob" for c in classes]], expected, atol=1e-6)
+    assert (out[classes].to_numpy() == (expected >= 0.5)).all()
     info = mlflow.models.get_model_info(f"models:/{name}/{v4}")
-    assert tuple(info.signature.inputs.inputs[0].shape) == (-1, 1, 16, 16)
-    assert tuple(info.signature.outputs.inputs[0].shape) == (-1, 7)
+    assert [c.name for c in info.signature.inputs.inputs] == ["image"]
+    assert len(info.signature.outputs.inputs) == 2 * len(classes)
 
 
 def test_fair_gate_scores_the_champion_on_the_challengers_data(store):
@@ -499,13 +490,13 @@ def _eval_dir(root: Path, f1: float, model_dir: Path) -> Path:
     """An evaluate folder with this model's own inputs and the given weighted F1."""
     out = root / f"eval-{f1}"
     out.mkdir()
-    metrics = {**_metrics(f1), "inputs": scored_inputs(model_dir)}
+    classes = load_model(model_dir / "model.pt")[1]["classes"]
+    metrics = {**_metrics(f1, classes), "inputs": scored_inputs(model_dir)}
     (out / "metrics.json").write_text(json.dumps(metrics))
     return out
 
 
 def test_register_stage(store, model_dir, tmp_path):
-    from medssl.models import load_model
     from medssl.stages.register import register
 
     cfg = RegisterConfig(
@@ -535,17 +526,16 @@ def test_register_stage(store, model_dir, tmp_path):
     run = MlflowClient().get_run(result.run_id)
     # the names of metrics.json, as the evaluate run and the version tags use them
     assert run.data.metrics["test_f1_weighted"] == 0.8
-    assert run.data.metrics["test_f1_c0"] == 0.8
+    assert run.data.metrics["test_f1_liver"] == 0.8
     assert run.data.metrics["gate_challenger"] == 0.8
     assert tags["medssl.metric.test_f1_weighted"] == "0.8"
     assert tags["medssl.model.sha256"] == sha256_file(model_dir / "model.pt")
     assert run.data.tags["medssl.gate.decision"] == "promoted"
 
     model, _ = load_model(model_dir / "model.pt")
-    loaded = mlflow.pytorch.load_model(result.model_uri)
-    x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
+    images, expected = images_and_expected(model, size=32)
+    out = mlflow.pyfunc.load_model(result.model_uri).predict(pd.DataFrame({"image": images}))
+    np.testing.assert_allclose(out.filter(like="_prob"), expected, atol=1e-6)
 
     # NullTracker: the model is still registered (no run); a worse one is refused
     second = register(

@@ -331,6 +331,36 @@ def register_cmd(
     typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {_tracking_uri()}")
 
 
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A model folder (from `medssl train`, evaluated) or a registered version: "
+            "models:/abdominal-organs@champion, models:/abdominal-organs/3."
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="A dataset folder, a folder of PNG/JPEG images, or a DICOM export (ingested "
+            "and de-identified first; salt from $MEDSSL_INGEST_SALT)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (replaced).")],
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Label images with a model: per image and class the probability and the 0/1 decision at
+    the model's val-tuned threshold (DIR/predictions.parquet). An interrupted run continues
+    where it stopped when run again."""
+    cfg = _params(params, set_)
+    from medssl.stages.predict import predict
+
+    result = predict(model, data, out, cfg.predict, ingest=cfg.ingest)
+    typer.echo(result.describe())
+
+
 def _tracking_uri() -> str:
     from medssl.tracking import tracking_uri
 

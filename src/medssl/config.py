@@ -144,6 +144,14 @@ class EvaluateConfig(Section):
     seed: int = 0
 
 
+class PredictConfig(Section):
+    """`medssl predict`: batch inference with a model folder or a registered version."""
+
+    batch_size: int = Field(256, ge=1, description="images per forward pass")
+    chunk: int = Field(4096, ge=1, description="images per resumable part")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
 class RegisterConfig(Section):
     """`medssl register`: MLflow model registry and the promotion gate."""
 
@@ -168,6 +176,7 @@ class Params(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+    predict: PredictConfig = Field(default_factory=PredictConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

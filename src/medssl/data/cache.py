@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -177,8 +177,9 @@ def _decode_chunk(
     return n
 
 
-def decode_image(path: Path, size: int, channels: int, bit_depth: int = 8) -> np.ndarray:
-    """One image as uint8 [size, size] (channels 1) or [size, size, 3] (channels 3)."""
+def decode_image(path: Path | BinaryIO, size: int, channels: int, bit_depth: int = 8) -> np.ndarray:
+    """One image (a file, or a binary stream of PNG/JPEG/… bytes) as uint8 [size, size]
+    (channels 1) or [size, size, 3] (channels 3): the preprocessing of training and serving."""
     from PIL import Image
 
     with Image.open(path) as im:

@@ -14,6 +14,7 @@ from torch import nn
 
 from medssl.data.augment import to_float
 from medssl.data.contract import SCORE_PREFIX, Dataset, label_column
+from medssl.errors import DataContractError
 
 PREDICTION_ID_COLUMNS = ["image", "patient_id", "exam_id", "split"]
 
@@ -31,6 +32,7 @@ def batched_logits(
     for start in range(0, len(rows), batch_size):
         out.append(model(images(rows[start : start + batch_size])).float().cpu())
     if not out:
+        num_classes = num_classes or int(getattr(model, "num_classes", 0))
         return np.zeros((0, num_classes), dtype=np.float32)
     return torch.cat(out).numpy()
 
@@ -64,22 +66,60 @@ def score_dataset(
     to it)."""
     from medssl.data.cache import decode_image
 
-    device = device or torch.device("cpu")
     info, m = dataset.info, dataset.manifest
     labeled = m[[label_column(c) for c in classes]].notna().all(axis=1)
     rows = np.flatnonzero(m["split"].isin(list(splits)).to_numpy(dtype=bool) & labeled)
-    paths = [dataset.image_path(p) for p in m["image"].iloc[rows]]
     spec = (info.image_size, info.channels, info.bit_depth)
+    images = [decode_image(dataset.image_path(p), *spec) for p in m["image"].iloc[rows]]
+    if not images:
+        raise DataContractError(f"{dataset.root}: no labeled rows in {', '.join(splits)}")
+    pixels = np.stack(images)
+    model = model.to(device or torch.device("cpu")).eval()
+    probs = probabilities(
+        model, pixels, image_size=image_size, batch_size=batch_size, device=device
+    )
+    return predictions_table(dataset, rows, classes, probs)
+
+
+# ------------------------------------------------------------------------- deciding per class
+
+PROB_SUFFIX = "_prob"
+
+
+def probabilities(
+    model: nn.Module,
+    pixels: np.ndarray,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """float32 sigmoid probabilities [N, C] of uint8 images [N, H, W(, 3)], in float32 without
+    autocast, batched on `device` (resized to `image_size` when they are not)."""
+    device = device or torch.device("cpu")
 
     def images(chunk: np.ndarray) -> torch.Tensor:
-        pixels = np.stack([decode_image(paths[i], *spec) for i in chunk])
-        x = to_float(torch.from_numpy(pixels)).to(device)
+        x = to_float(torch.from_numpy(np.ascontiguousarray(pixels[chunk]))).to(device)
         if image_size and x.shape[-1] != image_size:
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear")
         return x
 
-    model = model.to(device).eval()
     with torch.no_grad():
-        logits = batched_logits(model, images, np.arange(len(rows)), batch_size, len(classes))
-    scores = torch.sigmoid(torch.from_numpy(logits)).numpy()
-    return predictions_table(dataset, rows, classes, scores)
+        logits = batched_logits(model, images, np.arange(len(pixels)), batch_size, 0)
+    return torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+
+
+def decisions(probs: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:
+    """0/1 per class: probability >= the class's val-tuned threshold (None: never predicted)."""
+    cut = np.array([np.inf if t is None else t for t in thresholds], dtype=np.float64)
+    return (probs >= cut).astype(np.int8)
+
+
+def decision_frame(
+    probs: np.ndarray, classes: Sequence[str], thresholds: Sequence[float | None]
+) -> pd.DataFrame:
+    """Per image: `<class>_prob` (float32) then `<class>` (0/1) for every class."""
+    decided = decisions(probs, thresholds)
+    frame = {f"{c}{PROB_SUFFIX}": probs[:, i] for i, c in enumerate(classes)}
+    frame |= {c: decided[:, i] for i, c in enumerate(classes)}
+    return pd.DataFrame(frame)

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from medssl.config import EvaluateConfig, RegisterConfig
 from medssl.data.contract import PREDICTIONS_FILE, Dataset
 from medssl.engine.context import resolve_device
 from medssl.errors import ConfigError, DataContractError, MedsslError, one_line
 from medssl.fileio import atomic_write_text, sha256_file
 from medssl.models.inference import score_dataset
+from medssl.models.pyfunc import InferenceSpec
 from medssl.stages.evaluate import (
     INPUTS_KEY,
     METRICS_FILE,
@@ -111,7 +110,8 @@ def register(
         model_dir, eval_dir, dataset_dir, cfg
     )
     metrics_path = eval_dir / METRICS_FILE
-    model, meta = load_model(model_dir / MODEL_FILE)
+    _, meta = load_model(model_dir / MODEL_FILE)
+    spec = inference_spec(meta, metrics)
     name = cfg.model_name or DEFAULT_MODEL_NAME
 
     extra: dict[str, str] = {"medssl.model.path": str(model_dir / MODEL_FILE)}
@@ -128,9 +128,7 @@ def register(
         version = find_version(name, **{MODEL_SHA_TAG: model_sha, PIPELINE_RUN_TAG: pipeline_run})
     decision = recorded_decision(name, version) if version is not None else None
     if version is None:
-        version = log_and_register(
-            model, meta, input_example(meta), metrics, name, tracker, tags=extra
-        )
+        version = log_and_register(model_dir / MODEL_FILE, spec, metrics, name, tracker, tags=extra)
     if decision is None:
         scorer = champion_scorer(name, dataset_dir, metric) if cfg.rescore_champion else None
         decision = gate(name, version, metric, cfg.margin, scorer=scorer)
@@ -220,18 +218,27 @@ def champion_scorer(name: str, dataset_dir: Path | None, metric: str) -> Champio
     return score
 
 
-def input_example(meta: dict[str, Any], seed: int = 0) -> np.ndarray:
-    """One float32 image [1, C, H, W] in [0, 1] shaped like the model's input."""
+def inference_spec(meta: dict[str, Any], metrics: dict[str, Any]) -> InferenceSpec:
+    """What the registered model carries besides its weights: classes, the val-tuned per-class
+    thresholds of this model's evaluation (None: a class never predicted), its input size and
+    channels, and the model's meta."""
+    per_class = metrics.get("per_class") or {}
+    classes = [str(c) for c in meta.get("classes") or []]
+    missing = [c for c in classes if c not in per_class]
+    if not classes or missing:
+        raise DataContractError(
+            f"metrics.json has no per-class threshold for {', '.join(missing) or 'any class'}"
+        )
     size = meta.get("image_size")
-    if isinstance(size, list | tuple):
-        height, width = (int(size[0]), int(size[-1]))
-    elif size is not None:
-        height = width = int(size)
-    else:
-        raise MedsslError("model meta has no image_size; cannot build an input example")
-    channels = int(meta.get("in_channels", 1))
-    rng = np.random.default_rng(seed)
-    return rng.random((1, channels, height, width), dtype=np.float32)
+    if size is None:
+        raise MedsslError("model meta has no image_size; cannot say how to preprocess images")
+    return InferenceSpec(
+        classes=classes,
+        thresholds=[per_class[c].get("threshold") for c in classes],
+        image_size=int(size[-1] if isinstance(size, list | tuple) else size),
+        channels=int(meta.get("in_channels", 1)),
+        meta={k: v for k, v in meta.items() if k not in ("classes", "image_size", "in_channels")},
+    )
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:

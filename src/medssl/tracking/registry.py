@@ -28,16 +28,18 @@ Aliases are read with `get_model_version_by_alias`: `search_model_versions` retu
 from __future__ import annotations
 
 import contextlib
-import copy
 import getpass
 import json
 import logging
 import math
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pytorch
@@ -47,7 +49,6 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from medssl import __version__
 from medssl.errors import ConfigError, MedsslError
@@ -60,6 +61,9 @@ from medssl.tracking.runs import (
     git_commit,
     tracking_uri,
 )
+
+if TYPE_CHECKING:
+    from medssl.models.pyfunc import InferenceSpec
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -76,7 +80,8 @@ CHAMPION_SINCE = "medssl.champion.since"
 LOST = "medssl.champion.lost_"
 HISTORY = "medssl.champion.history"
 _TAG_LIMIT = 5000  # registry tag values (MLflow 3 allows more; older servers 5000)
-_REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "cloudpickle")
+# what the pyfunc imports (medssl itself travels as code): pinned to this environment's versions
+_REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "cloudpickle")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,32 +132,27 @@ def _now() -> str:
 
 
 def log_and_register(
-    model: torch.nn.Module,
-    meta: Mapping[str, Any],
-    input_example: np.ndarray,
+    model_file: Path,
+    spec: InferenceSpec,
     metrics: Mapping[str, Any],
     name: str,
     tracker: Tracker | None = None,
     *,
     tags: Mapping[str, str] | None = None,
 ) -> str:
-    """Log `model` with mlflow.pytorch (pickle format, so the loaded model is a plain nn.Module
-    that can be fine-tuned; signature inferred from the example and the model's output), register
-    it under `name`, give the new version alias `challenger` and tag it with the metrics, git
-    commit, data hash and run id. Returns the version number.
+    """Log the classifier in `model_file` (medssl's model.pt) as a self-contained MLflow pyfunc
+    (medssl.models.pyfunc: encoded images in, per-class probability and 0/1 out, with the classes,
+    thresholds and preprocessing of `spec` and the medssl code inside), register it under `name`,
+    give the new version alias `challenger` and tag it with the metrics, git commit, data hash
+    and run id. Returns the version number.
 
-    The model is linked to `tracker`'s run when it has one (an MLflow stage run)."""
+    The model is logged in `tracker`'s run when it has one (an MLflow stage run)."""
     mc = client()
-    example = np.ascontiguousarray(input_example, dtype=np.float32)
-    logged = _cpu_eval_copy(model)
-    with torch.no_grad():
-        output = logged(torch.from_numpy(example)).detach().cpu().numpy()
-    signature = infer_signature(example, output)
     run_id = tracker.run_id if tracker is not None else None
-
-    with _quiet("mlflow.pytorch", "mlflow.utils.environment"):
-        info = _log_model(logged, signature, example, meta, run_id)
-
+    with _quiet("mlflow.pyfunc", "mlflow.models.model", "mlflow.utils.environment"):
+        info = _log_model(Path(model_file), spec, run_id)
+    meta = {**spec.meta, "classes": spec.classes, "image_size": spec.image_size}
+    meta["in_channels"] = spec.channels
     version_tags = _version_tags(meta, metrics, run_id, tracker, tags)
     _ensure_registered_model(mc, name, meta)
     # client.create_model_version = mlflow.register_model without its stderr chatter; the
@@ -164,24 +164,31 @@ def log_and_register(
     return str(mv.version)
 
 
-def _log_model(
-    model: torch.nn.Module,
-    signature: Any,
-    example: np.ndarray,
-    meta: Mapping[str, Any],
-    run_id: str | None,
-) -> Any:
-    return mlflow.pytorch.log_model(
-        model,
-        name="model",
-        serialization_format="pickle",
-        signature=signature,
-        input_example=example,
-        # Explicit requirements: inferring them starts a subprocess that imports the model (~8 s).
-        pip_requirements=_requirements(),
-        metadata={"medssl": _plain(dict(meta)), "medssl_version": __version__},
-        run_id=run_id,
-    )
+def _log_model(model_file: Path, spec: InferenceSpec, run_id: str | None) -> Any:
+    import medssl
+    from medssl.models import pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="medssl-pyfunc-") as tmp:
+        code = Path(tmp) / "medssl"  # the package without caches, as a code dependency
+        shutil.copytree(
+            Path(medssl.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        spec_file = spec.write(Path(tmp) / "inference.json")
+        artifacts = {pyfunc.MODEL_ARTIFACT: str(model_file), pyfunc.SPEC_ARTIFACT: str(spec_file)}
+        active = mlflow.active_run()
+        reuse = run_id is None or (active is not None and active.info.run_id == run_id)
+        with contextlib.nullcontext() if reuse else mlflow.start_run(run_id=run_id, nested=True):
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=pyfunc.ClassifierModel(),
+                artifacts=artifacts,
+                code_paths=[str(code)],
+                signature=pyfunc.signature(spec),
+                input_example=pyfunc.example_input(spec),
+                # explicit: inferring them starts a subprocess that imports the model (~8 s)
+                pip_requirements=_requirements(),
+                metadata={"medssl": _plain(asdict(spec)), "medssl_version": __version__},
+            )
 
 
 @contextlib.contextmanager
@@ -196,13 +203,6 @@ def _quiet(*loggers: str) -> Iterator[None]:
     finally:
         for logger, level in saved:
             logger.setLevel(level)
-
-
-def _cpu_eval_copy(model: torch.nn.Module) -> torch.nn.Module:
-    params = list(model.parameters()) + list(model.buffers())
-    on_cpu = all(p.device.type == "cpu" for p in params)
-    logged = model if on_cpu else copy.deepcopy(model).cpu()
-    return logged.eval()
 
 
 def _requirements() -> list[str]:
@@ -500,12 +500,14 @@ def find_version(name: str, **tags: str) -> str | None:
 
 
 def load_version_model(name: str, version: str | int) -> torch.nn.Module:
-    """A registered version's model (the pickled classifier logged by log_and_register) on CPU,
-    in eval mode."""
+    """A registered version's classifier (torch module) on CPU, in eval mode: the one inside the
+    pyfunc, or the pickled module of versions logged with mlflow.pytorch before it."""
     client()
-    with _quiet("mlflow.pytorch", "mlflow.utils.requirements_utils", "mlflow.models.model"):
-        model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
-    return model.eval()
+    uri = f"models:/{name}/{version}"
+    with _quiet("mlflow.pytorch", "mlflow.pyfunc", "mlflow.utils.requirements_utils"):
+        if "pytorch" in mlflow.models.get_model_info(uri).flavors:
+            return mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model.cpu().eval()
 
 
 def promote(name: str, version: str | int, reason: str, *, metric: str | None = None) -> Decision:
