@@ -22,7 +22,8 @@ from medssl.engine.method import Method
 from medssl.errors import ConfigError, DataContractError
 from medssl.metrics.multilabel import best_thresholds, weighted_f1
 from medssl.models import Classifier, build_classifier
-from medssl.models.inference import batched_logits, predictions_table
+from medssl.models.inference import predictions_table
+from medssl.models.scoring import batched_logits
 
 
 def labeled_train_rows(

@@ -71,7 +71,7 @@ def decode_rows(images: pd.Series, spec: InferenceSpec) -> np.ndarray:
     """uint8 pixels [N, S, S(, 3)] of encoded images, as the training data was decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    from medssl.data.cache import decode_image
+    from medssl.imaging import decode_image
 
     out = []
     for i, data in enumerate(images):
@@ -116,7 +116,7 @@ with warnings.catch_warnings():
 
         def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them
             """A DataFrame of `<class>_prob` and `<class>` columns, one row per input image."""
-            from medssl.models.inference import decision_frame, probabilities
+            from medssl.models.scoring import decision_frame, probabilities
 
             frame = (
                 model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

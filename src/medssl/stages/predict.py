@@ -40,8 +40,8 @@ from medssl.data.contract import INFO_FILE, Dataset, write_table
 from medssl.engine.context import resolve_device
 from medssl.errors import ConfigError, DataContractError, MedsslError
 from medssl.fileio import atomic_write_text, partial_dir, staged_dir
-from medssl.models.inference import decision_frame, probabilities
 from medssl.models.pyfunc import InferenceSpec
+from medssl.models.scoring import decision_frame, probabilities
 
 PREDICTIONS_FILE = "predictions.parquet"
 SUMMARY_FILE = "predict.json"
@@ -227,7 +227,7 @@ def predict(
     predictor: Predictor | None = None,
 ) -> PredictResult:
     """Score every image of `data_dir` with `model`; write `out_dir` (see the module doc)."""
-    from medssl.data.cache import decode_image
+    from medssl.imaging import decode_image
 
     out_dir = Path(out_dir)
     predictor = predictor or load_predictor(model)

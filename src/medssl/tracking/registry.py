@@ -32,6 +32,7 @@ import getpass
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -177,7 +178,10 @@ def _log_model(model_file: Path, spec: InferenceSpec, run_id: str | None) -> Any
         artifacts = {pyfunc.MODEL_ARTIFACT: str(model_file), pyfunc.SPEC_ARTIFACT: str(spec_file)}
         active = mlflow.active_run()
         reuse = run_id is None or (active is not None and active.info.run_id == run_id)
-        with contextlib.nullcontext() if reuse else mlflow.start_run(run_id=run_id, nested=True):
+        with (
+            contextlib.nullcontext() if reuse else mlflow.start_run(run_id=run_id, nested=True),
+            _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"),  # no bar for the example check
+        ):
             return mlflow.pyfunc.log_model(
                 name="model",
                 python_model=pyfunc.ClassifierModel(),
@@ -189,6 +193,20 @@ def _log_model(model_file: Path, spec: InferenceSpec, run_id: str | None) -> Any
                 pip_requirements=_requirements(),
                 metadata={"medssl": _plain(asdict(spec)), "medssl_version": __version__},
             )
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
