@@ -51,7 +51,7 @@ RETRY = {"num_retries": 2, "backoff_duration": "30s", "backoff_factor": 2.0,
          "backoff_max_duration": "300s"}  # fmt: skip
 
 
-def _step(
+def step(
     task: dsl.PipelineTask,
     *,
     cpu: str,
@@ -100,11 +100,11 @@ def training(
     scalars = {name: value for name, value in locals().items() if name in SCALAR_PARAMS}
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     finish = c.finish_run(kfp_run_id=run_id, params=params)
-    _step(finish, cpu="250m", memory="1Gi", cache=False, retry=True)
+    step(finish, cpu="250m", memory="1Gi", cache=False, retry=True)
 
     with dsl.ExitHandler(finish, name="steps"):
         config = c.resolve_config(params=params, **scalars)
-        _step(config, cpu="250m", memory="1Gi", cache=True, retry=False)
+        step(config, cpu="250m", memory="1Gi", cache=True, retry=False)
         resolved = config.outputs["params"]
 
         data = c.data(
@@ -114,23 +114,23 @@ def training(
             data_path=data_path,
         )
         # cached on (data_repo, data_rev, data_path, data.*): pass a commit sha, not a branch
-        _step(data, cpu="2", memory="8Gi", cache=True, retry=True)
+        step(data, cpu="2", memory="8Gi", cache=True, retry=True)
         dataset = data.outputs["dataset"]
 
         validate = c.validate(dataset=dataset, config=config.outputs["validate"])
-        _step(validate, cpu="2", memory="8Gi", cache=True, retry=False)
+        step(validate, cpu="2", memory="8Gi", cache=True, retry=False)
 
         split = c.split(dataset=dataset, config=config.outputs["split"]).after(validate)
-        _step(split, cpu="1", memory="4Gi", cache=True, retry=False)
+        step(split, cpu="1", memory="4Gi", cache=True, retry=False)
 
         # The tracked steps take the run's MLflow parent id, so they never hit the cache (a cached
         # stage would leave this run's parent without its stage run): caching off, explicitly.
         start = c.start_run(dataset=dataset, params=resolved, kfp_run_id=run_id)
-        _step(start, cpu="250m", memory="1Gi", cache=False, retry=True)
+        step(start, cpu="250m", memory="1Gi", cache=False, retry=True)
         parent = start.output
 
         # pretrain: no pretrain stage exists yet. Its GPU step goes here once
-        # medssl.stages.pretrain does (components/pretrain.py, same _step(..., gpu=True)), and
+        # medssl.stages.pretrain does (components/pretrain.py, same step(..., gpu=True)), and
         # train then starts from its checkpoint (train.init=checkpoint).
         train = c.train(
             splits=split.outputs["splits"], images=dataset, params=resolved, parent_run_id=parent
@@ -138,10 +138,10 @@ def training(
         # No retry: a retried pod starts on a fresh disk without the checkpoints, so it would
         # train again from scratch (GPU hours, and another model for the same run); a failed
         # train fails the run, and re-running it reuses the cached data steps (docs/kubeflow.md).
-        _step(train, cpu="4", memory="16Gi", cache=False, retry=False, gpu=True)
+        step(train, cpu="4", memory="16Gi", cache=False, retry=False, gpu=True)
 
         evaluate = c.evaluate(model=train.outputs["model"], params=resolved, parent_run_id=parent)
-        _step(evaluate, cpu="1", memory="4Gi", cache=False, retry=True)
+        step(evaluate, cpu="1", memory="4Gi", cache=False, retry=True)
 
         register = c.register(
             model=train.outputs["model"],
@@ -152,11 +152,19 @@ def training(
             parent_run_id=parent,
         )
         # a retried register finds the version it already made (idempotent on the parent run)
-        _step(register, cpu="1", memory="4Gi", cache=False, retry=True)
+        step(register, cpu="1", memory="4Gi", cache=False, retry=True)
+
+
+PIPELINE = training
 
 
 def compile_pipeline(out: Path = DEFAULT_OUTPUT) -> Path:
     """Write the pipeline spec (deterministic: same code, params.yaml and image → same bytes)."""
+    return compile_spec(training, out)
+
+
+def compile_spec(pipeline: object, out: Path) -> Path:
+    """Compile `pipeline` to `out` with a stable header (shared by every pipeline module)."""
     import tempfile
 
     from kfp import compiler
@@ -165,7 +173,7 @@ def compile_pipeline(out: Path = DEFAULT_OUTPUT) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "pipeline.yaml"
-        compiler.Compiler().compile(training, str(raw))
+        compiler.Compiler().compile(pipeline, str(raw))
         text = _stable_header(raw.read_text())
     out.write_text(text)
     return out

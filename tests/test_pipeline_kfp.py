@@ -100,6 +100,28 @@ def test_committed_spec_equals_a_fresh_compile(tmp_path, monkeypatch):
     )
 
 
+def test_batch_inference_spec_is_committed_and_predicts_on_the_gpu_pool(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDSSL_IMAGE", raising=False)
+    committed = ROOT / "pipelines" / "compiled" / "batch_inference.yaml"
+    fresh = load_pipeline(ROOT / "pipelines" / "batch_inference.py").compile_pipeline(
+        tmp_path / "batch.yaml"
+    )
+    assert fresh.read_text() == committed.read_text(), REGENERATE
+    pipeline, k8s = spec_docs(committed)
+    assert set(tasks(pipeline)) == {"resolve-config", "data", "predict"}
+    inputs = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert inputs["model_uri"]["defaultValue"] == "models:/abdominal-organs@champion"
+    assert {"data_repo", "data_rev", "data_path", "params"} <= set(inputs)
+    resources = pipeline["deploymentSpec"]["executors"]["exec-predict"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    predict = k8s["deploymentSpec"]["executors"]["exec-predict"]
+    assert predict["nodeSelector"]["labels"] == {"medssl.io/pool": "gpu"}
+    assert not tasks(pipeline)["predict"]["cachingOptions"].get("enableCache")
+    outputs = pipeline["components"]["comp-predict"]["outputDefinitions"]["artifacts"]
+    assert outputs["predictions"]["artifactType"]["schemaTitle"] == "system.Dataset"
+    assert outputs["summary"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
 def test_compile_is_deterministic_across_processes(tmp_path):
     """Two `medssl pipeline compile` processes (different hash seeds) write the same bytes;
     --image sets every step's image."""

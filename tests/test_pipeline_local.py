@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from medssl import __version__
@@ -29,7 +30,9 @@ TINY = ["-S", "data.size=tiny", "-S", "data.workers=1", "-S", "validate.workers=
 FAST = ["-S", "train.max_epochs=1", "-S", "train.workers=1", "-S", "evaluate.bootstrap=20"]
 
 
-def run_local(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run_local(
+    tmp_path: Path, *args: str, pipeline: str = "training"
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -42,7 +45,7 @@ def run_local(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "run",
         "--local",
         "--pipeline-file",
-        str(ROOT / "pipelines" / "training.py"),
+        str(ROOT / "pipelines" / f"{pipeline}.py"),
     ]
     cmd += ["--root", str(tmp_path / "kfp"), *args]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
@@ -125,6 +128,30 @@ def test_run_local_failed_step_marks_the_parent_run_failed(tmp_path):
     assert parent.info.status == "FAILED"
     assert parent.data.tags["medssl.kfp.state"] == "FAILED"
     assert not client.search_registered_models()
+
+
+@pytest.mark.slow
+def test_batch_inference_labels_the_data_with_the_champion(tmp_path, monkeypatch):
+    """The second pipeline: the current champion (resolved when the step runs) labels the
+    synthetic archive; the predictions are a Dataset artifact, the summary Markdown."""
+    from medssl.data.synth.archive import CLASSES
+    from medssl.tracking.registry import gate, log_and_register
+    from model_files import saved_classifier
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, spec = saved_classifier(tmp_path / "model.pt", list(CLASSES), image_size=32)
+    version = log_and_register(tmp_path / "model.pt", spec, {"m": 0.5}, "abdominal-organs")
+    assert gate("abdominal-organs", version, "m").promoted
+    proc = run_local(tmp_path, *TINY, pipeline="batch_inference")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run_dir = Path(proc.stdout.split("outputs: ", 1)[1].splitlines()[0])
+    assert run_dir.name.startswith("medssl-batch-inference")
+    table = pd.read_parquet(run_dir / "predict" / "predictions" / "predictions.parquet")
+    assert len(table) == 330 and set(table["model_version"]) == {version}
+    assert list(table.columns[-3:]) == ["model_name", "model_version", "model_run_id"]
+    summary = (run_dir / "predict" / "summary").read_text()
+    assert summary.startswith("# Batch predictions") and "| liver |" in summary
+    assert not (run_dir / "train").exists()  # nothing but config, data and predict ran
 
 
 def test_pipeline_run_helpers_open_and_close_the_parent(tmp_path, monkeypatch):

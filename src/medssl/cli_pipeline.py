@@ -29,8 +29,11 @@ from medssl.config import DEFAULT_PARAMS, Params, load_params
 from medssl.errors import ConfigError, MedsslError, ServiceError
 from medssl.net import Unreachable, health_status
 
-PIPELINE_FILE = Path("pipelines/training.py")
+PIPELINES_DIR = Path("pipelines")
+DEFAULT_PIPELINE = "training"
+PIPELINE_FILE = PIPELINES_DIR / f"{DEFAULT_PIPELINE}.py"
 DATA_PARAMS = ("data_repo", "data_rev", "data_path")
+MODEL_PARAMS = ("model_uri",)  # the batch-inference pipeline's
 IMAGE_ENV = "MEDSSL_IMAGE"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local's lines that say where a run is (everything else goes to the log only)
@@ -46,6 +49,13 @@ class SubmitError(ServiceError):
     """The KFP API could not be reached or refused the request (exit code 3)."""
 
 
+PipelineNameOption = Annotated[
+    str,
+    typer.Option(
+        "--pipeline",
+        help="Which pipeline of pipelines/: training (default) or batch_inference.",
+    ),
+]
 PipelineFileOption = Annotated[
     Path | None,
     typer.Option(
@@ -87,21 +97,35 @@ DataPathOption = Annotated[
 # ------------------------------------------------------------------------------ loading
 
 
-def find_pipeline_file(explicit: Path | None = None, cwd: Path | None = None) -> Path:
-    """`explicit`, else pipelines/training.py in the working directory or a parent of it."""
+def find_pipeline_file(
+    explicit: Path | None = None, cwd: Path | None = None, name: str = DEFAULT_PIPELINE
+) -> Path:
+    """`explicit`, else pipelines/<name>.py in the working directory or a parent of it."""
     if explicit is not None:
+        if name != DEFAULT_PIPELINE:
+            raise ConfigError("give --pipeline or --pipeline-file, not both")
         if not explicit.is_file():
             raise ConfigError(f"{explicit}: pipeline file not found")
         return explicit.resolve()
     start = (cwd or Path.cwd()).resolve()
+    relative = PIPELINES_DIR / f"{name}.py"
     for folder in (start, *start.parents):
-        candidate = folder / PIPELINE_FILE
+        candidate = folder / relative
         if candidate.is_file():
             return candidate
+        if (folder / PIPELINE_FILE).is_file():  # the repository, without that pipeline
+            known = sorted(p.stem for p in (folder / PIPELINES_DIR).glob("*.py"))
+            raise ConfigError(f"--pipeline {name!r}: no such pipeline (known: {', '.join(known)})")
     raise ConfigError(
-        f"{PIPELINE_FILE} not found in {start} or its parents: run from the medssl repository "
+        f"{relative} not found in {start} or its parents: run from the medssl repository "
         "or pass --pipeline-file"
     )
+
+
+def all_pipeline_files(cwd: Path | None = None) -> list[Path]:
+    """Every pipeline module of the repository's pipelines/ folder."""
+    folder = find_pipeline_file(cwd=cwd).parent
+    return sorted(p for p in folder.glob("*.py") if "def compile_pipeline" in p.read_text())
 
 
 def load_pipeline(path: Path, image: str | None = None) -> ModuleType:
@@ -112,7 +136,7 @@ def load_pipeline(path: Path, image: str | None = None) -> ModuleType:
     if root in sys.path:
         sys.path.remove(root)
     sys.path.insert(0, root)  # its components/ package wins over any other
-    for name in [n for n in sys.modules if n == "components" or n.startswith("components.")]:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("components", "pipelines")]:
         del sys.modules[name]
     spec = importlib.util.spec_from_file_location("medssl_pipeline", path)
     assert spec is not None and spec.loader is not None
@@ -130,15 +154,27 @@ def pipeline_arguments(
     data_repo: str | None = None,
     data_rev: str | None = None,
     data_path: str | None = None,
+    model_uri: str | None = None,
 ) -> dict[str, Any]:
     """Every pipeline parameter from a resolved config (so the run uses exactly `cfg`)."""
     from medssl.orchestration import params_argument, scalar_defaults
 
     args: dict[str, Any] = {"params": params_argument(cfg), **scalar_defaults(cfg)}
-    for name, value in zip(DATA_PARAMS, (data_repo, data_rev, data_path), strict=True):
+    names = (*DATA_PARAMS, *MODEL_PARAMS)
+    for name, value in zip(names, (data_repo, data_rev, data_path, model_uri), strict=True):
         if value is not None:
             args[name] = value
     return args
+
+
+def accepted_arguments(module: ModuleType, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments the pipeline declares (batch inference takes fewer than training); one
+    given by the user that it does not take is an error."""
+    declared = set(module.PIPELINE.component_spec.inputs)
+    for name in MODEL_PARAMS:
+        if name in arguments and name not in declared:
+            raise ConfigError(f"--param {name}: pipeline {module.PIPELINE_NAME} has no {name}")
+    return {k: v for k, v in arguments.items() if k in declared}
 
 
 def split_params(items: list[str] | None) -> tuple[list[str], dict[str, str]]:
@@ -157,10 +193,10 @@ def split_params(items: list[str] | None) -> tuple[list[str], dict[str, str]]:
             overrides.append(f"{name}={value}")
         elif name in SCALAR_PARAMS:
             overrides.append(f"{SCALAR_PARAMS[name]}={value}")
-        elif name in DATA_PARAMS:
+        elif name in DATA_PARAMS or name in MODEL_PARAMS:
             data[name] = value
         else:
-            known = ", ".join([*DATA_PARAMS, *SCALAR_PARAMS])
+            known = ", ".join([*DATA_PARAMS, *MODEL_PARAMS, *SCALAR_PARAMS])
             raise ConfigError(f"--param {name!r}: unknown pipeline parameter (known: {known})")
     return overrides, data
 
@@ -209,7 +245,13 @@ def _resolve(
         if not data_repo:
             raise ConfigError(f"--data-rev needs --data-repo (no {source} here)")
         typer.echo(f"data repository: {data_repo} ({source})")
-    return pipeline_arguments(cfg, data_repo=data_repo, data_rev=data_rev, data_path=data_path)
+    return pipeline_arguments(
+        cfg,
+        data_repo=data_repo,
+        data_rev=data_rev,
+        data_path=data_path,
+        model_uri=data.get("model_uri"),
+    )
 
 
 # ------------------------------------------------------------------------------ commands
@@ -222,18 +264,29 @@ def compile_cmd(
         typer.Option(
             "--out",
             "-o",
-            help="Pipeline spec to write (default: pipelines/compiled/training.yaml).",
+            help="Spec file to write for one pipeline (default: pipelines/compiled/"
+            "<pipeline>.yaml; without --pipeline: the training pipeline).",
         ),
     ] = None,
     image: ImageOption = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="Only this pipeline of pipelines/ (default: all of them)."),
+    ] = None,
     pipeline_file: PipelineFileOption = None,
 ) -> None:
-    """Compile the pipeline to KFP YAML (deterministic: commit the result)."""
-    module = load_pipeline(find_pipeline_file(pipeline_file), image)
-    path = module.compile_pipeline(out or module.DEFAULT_OUTPUT)
-    from components.image import IMAGE
+    """Compile the pipelines (training, batch_inference) to KFP YAML in pipelines/compiled/
+    (deterministic: commit the result)."""
+    if pipeline is None and pipeline_file is None and out is None:
+        files = all_pipeline_files()
+    else:
+        files = [find_pipeline_file(pipeline_file, name=pipeline or DEFAULT_PIPELINE)]
+    for file in files:
+        module = load_pipeline(file, image)
+        path = module.compile_pipeline(out or module.DEFAULT_OUTPUT)
+        from components.image import IMAGE
 
-    typer.echo(f"compiled {module.PIPELINE_NAME} (image {IMAGE}) → {path}")
+        typer.echo(f"compiled {module.PIPELINE_NAME} (image {IMAGE}) → {path}")
 
 
 @pipeline_app.command("run")
@@ -257,6 +310,7 @@ def run_cmd(
     param: ParamOption = None,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
+    pipeline: PipelineNameOption = DEFAULT_PIPELINE,
     pipeline_file: PipelineFileOption = None,
     verbose: Annotated[
         bool,
@@ -280,7 +334,8 @@ def run_cmd(
             "--host …`"
         )
     arguments = _resolve(params, set_, param, data_repo, data_rev, data_path, local=True)
-    module = load_pipeline(find_pipeline_file(pipeline_file))
+    module = load_pipeline(find_pipeline_file(pipeline_file, name=pipeline))
+    arguments = accepted_arguments(module, arguments)
     from kfp import local as kfp_local
 
     from medssl.tracking.runs import tracking_uri
@@ -298,7 +353,7 @@ def run_cmd(
     start = time.perf_counter()
     try:
         with _step_output(log_path, verbose):
-            module.training(**arguments)
+            module.PIPELINE(**arguments)
         failure = None
     except RuntimeError as exc:
         failure = _ANSI.sub("", str(exc)).splitlines()[0]
@@ -430,6 +485,7 @@ def submit_cmd(
     ] = None,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
+    pipeline: PipelineNameOption = DEFAULT_PIPELINE,
     pipeline_file: PipelineFileOption = None,
 ) -> None:
     """Compile the pipeline and submit a run (or a recurring run) to a KFP cluster.
@@ -438,9 +494,10 @@ def submit_cmd(
     is `run: <url>`."""
     cron = check_cron(schedule) if schedule is not None else None
     arguments = _resolve(params, set_, param, data_repo, data_rev, data_path, local=False)
-    module = load_pipeline(find_pipeline_file(pipeline_file), image)
+    module = load_pipeline(find_pipeline_file(pipeline_file, name=pipeline), image)
+    arguments = accepted_arguments(module, arguments)
     with tempfile.TemporaryDirectory(prefix="medssl-submit-") as tmp:
-        spec = module.compile_pipeline(package or Path(tmp) / "training.yaml")
+        spec = module.compile_pipeline(package or Path(tmp) / f"{pipeline}.yaml")
         if cache is not None:
             set_caching(spec, cache)
         typer.echo(f"compiled {module.PIPELINE_NAME} → {spec}")

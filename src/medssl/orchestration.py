@@ -253,6 +253,39 @@ def evaluation_markdown(report_md: str, out_dir: Path) -> str:
     return _IMAGE.sub(embed, report_md)
 
 
+def predictions_markdown(out_dir: Path) -> str:
+    """The KFP UI's Markdown summary of a batch prediction: model, data, counts, and per class
+    how many images were decided positive."""
+    from medssl.stages.predict import PREDICTIONS_FILE, SUMMARY_FILE
+
+    summary = json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
+    table = __import__("pandas").read_parquet(Path(out_dir) / PREDICTIONS_FILE)
+    model = summary["model"]
+    who = (
+        f"{model.get('model_name')} v{model.get('model_version')}"
+        if model.get("model_version")
+        else model.get("model_uri", "")
+    )
+    rows = ["| class | threshold | images decided positive | share |", "|---|---:|---:|---:|"]
+    for c, t in zip(summary["classes"], summary["thresholds"], strict=True):
+        positive = int(table[c].sum())
+        threshold = "never" if t is None else f"{t:.3g}"
+        rows.append(f"| {c} | {threshold} | {positive:,} | {positive / max(len(table), 1):.1%} |")
+    return "\n".join(
+        [
+            "# Batch predictions",
+            "",
+            f"- model: {_md_cell(who)}",
+            f"- data: {_md_cell(summary['data'])}",
+            f"- images: {summary['images']:,} at {summary['images_per_s']:.0f} img/s on "
+            f"{summary['device']}",
+            "",
+            *rows,
+            "",
+        ]
+    )
+
+
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 
 
