@@ -33,6 +33,8 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  models/supervised/          model.pt, history.csv, predictions.parquet"
 	@echo "  reports/evaluate/           metrics.json, report.md, pr_curves.png (dvc metrics show / dvc plots show)"
 	@echo "  mlflow.db                   runs and registered models: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Use the champion:"
+	@echo "  source .venv/bin/activate && medssl predict models:/abdominal-organs@champion data/splits --out /tmp/predictions"
 	@echo "Change a parameter and re-run only what changed:"
 	@echo "  source .venv/bin/activate && dvc exp run -S train.lr=0.0003 && medssl models compare 1 2"
 
@@ -57,6 +59,7 @@ bench: venv ## run the benchmarks (JSON to benchmarks/results/)
 	python benchmarks/ingest_throughput.py | tee benchmarks/results/ingest_throughput.json
 	python benchmarks/ingest_commits.py | tee benchmarks/results/ingest_commits.json
 	python benchmarks/evaluate_bootstrap.py | tee benchmarks/results/evaluate_bootstrap.json
+	python benchmarks/predict_throughput.py | tee benchmarks/results/predict_throughput.json
 
 IMAGE ?= medssl:dev
 image: ## build the container image (needs a Docker engine; IMAGE=name:tag)

@@ -22,7 +22,7 @@ K8S = ROOT / "infra" / "k8s"
 TF = ROOT / "infra" / "terraform" / "gke"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 K8S_VERSION = "1.32"  # GKE regular channel / kubectl here; bundled by kubernetes-validate
-CRDS = {("ray.io/v1", "RayCluster")}
+CRDS = {("ray.io/v1", "RayCluster"), ("serving.kserve.io/v1beta1", "InferenceService")}
 IMAGE = "ghcr.io/medssl/medssl"
 CREDENTIAL_KEYS = {
     "MLFLOW_TRACKING_URI",
@@ -88,6 +88,8 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
         groups = [("head", spec["headGroupSpec"])]
         groups += [(g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]
         return [(f"RayCluster/{w}", g["template"]["spec"]) for w, g in groups]
+    if doc["kind"] == "InferenceService":
+        return [(f"InferenceService/{doc['metadata']['name']}", spec["predictor"])]
     if doc["kind"] == "Pod":
         return [("Pod", spec)]
     if "template" in spec:
@@ -274,6 +276,61 @@ def test_one_project_image_tag_everywhere(tmp_path, overlay):
     assert len(ours) >= 3 and all(i == f"{IMAGE}:0123abc" for i in ours), ours
     for other in set(images) - set(ours):  # third-party images: pinned, never :latest
         assert re.search(r":[\w.-]+$", other) and not other.endswith(":latest"), other
+
+
+# --- serving the champion (KServe) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_champion_is_served_by_mlflow_models_serve(rendered, overlay):
+    """Hand-checked against the serving.kserve.io/v1beta1 InferenceService CRD (not available
+    offline): a predictor with one container; the container runs `mlflow models serve` of the
+    champion with flags of the locked MLflow, on the port its probes and the network policy
+    use, with only MLFLOW_TRACKING_URI from the credentials secret."""
+    from mlflow.models.cli import commands as models_cli
+
+    from medssl.stages.register import DEFAULT_MODEL_NAME
+
+    docs = rendered[overlay]
+    (isvc,) = of_kind(docs, "InferenceService")
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["minReplicas"] >= 1 and predictor["maxReplicas"] >= predictor["minReplicas"]
+    one(docs, "ServiceAccount", predictor["serviceAccountName"])
+    (container,) = predictor["containers"]
+    assert container["image"].startswith(IMAGE) and container["command"] == ["mlflow"]
+    assert container["args"][:2] == ["models", "serve"]
+    args = dict(a.split("=", 1) for a in container["args"][2:])
+    known = {opt for p in models_cli.commands["serve"].params for opt in p.opts}
+    assert set(args) <= known, set(args) - known
+    assert args["--model-uri"] == f"models:/{DEFAULT_MODEL_NAME}@champion"
+    assert args["--env-manager"] == "local"  # the image already holds the model's requirements
+    port = int(args["--port"])
+    assert container["ports"][0]["containerPort"] == port
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/ping", "port": port}
+    (uri,) = [e for e in container["env"] if e["name"] == "MLFLOW_TRACKING_URI"]
+    assert uri["valueFrom"]["secretKeyRef"] == {
+        "name": "medssl-credentials", "key": "MLFLOW_TRACKING_URI"
+    }  # fmt: skip
+    policy = one(docs, "NetworkPolicy", "serving-from-clients")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+def test_the_gpu_serving_component_puts_the_predictor_on_the_gpu_pool(tmp_path):
+    k8s = copy_infra(tmp_path, fill_secrets=True)
+    kfile = k8s / "overlays" / "gke" / "kustomization.yaml"
+    kust = yaml.safe_load(kfile.read_text())
+    kust["components"] = ["../../components/serving-gpu"]
+    kfile.write_text(yaml.safe_dump(kust))
+    (isvc,) = of_kind(render(k8s / "overlays" / "gke"), "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["nodeSelector"] == GPU_SELECTOR
+    assert predictor["tolerations"] == [GPU_TOLERATION]
+    assert predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
 # --- MLflow server and the private tracking DB ----------------------------------------------
