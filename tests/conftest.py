@@ -17,6 +17,19 @@ TINY_SPLITS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _forget_mlflow_global_tracking_uri():
+    """MLflow's set_tracking_uri (called by code under test when no MLFLOW_TRACKING_URI is set)
+    leaves a process-wide URI that wins over the variable in later tests: forget it after each
+    test (the variable itself is restored by monkeypatch)."""
+    yield
+    import sys
+
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = None
+
+
 @pytest.fixture(scope="session")
 def tiny_params():
     return load_params(Path("/nonexistent"), TINY_SPLITS)

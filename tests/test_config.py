@@ -21,6 +21,7 @@ def test_repo_params_yaml_matches_the_models():
         "train",
         "evaluate",
         "register",
+        "predict",
     }
 
 

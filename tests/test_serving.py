@@ -60,7 +60,6 @@ def test_the_champion_loads_in_a_fresh_venv_from_its_own_requirements(registered
         pytest.skip("uv is not installed (make venv installs it)")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
     requirements = mlflow.pyfunc.get_model_dependencies(URI)
     assert not any("medssl" in line for line in Path(requirements).read_text().splitlines())
     venv = tmp_path / "venv"
