@@ -52,6 +52,18 @@ def tiny_split(tiny_archive, tiny_params, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def module_store(tmp_path_factory):
+    """A sqlite MLflow store of the module's own: MLFLOW_TRACKING_URI points at it and the
+    working directory is its folder while the module's tests run. Yields (folder, URI)."""
+    root = tmp_path_factory.mktemp("mlflow-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        yield root, uri
+
+
+@pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on loopback for the module's tests (tests/s3server.py)."""
     import logging

@@ -31,14 +31,8 @@ NAME = "organs-predict"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A sqlite MLflow store for the module (MLFLOW_TRACKING_URI set for its tests)."""
-    root = tmp_path_factory.mktemp("predict-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        yield uri
+def store(module_store):
+    return module_store[1]
 
 
 @pytest.fixture(scope="module")

@@ -32,17 +32,13 @@ URI = f"models:/{NAME}@champion"
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def registered(module_store):
     """A champion in a sqlite store of its own; (tracking URI, torch model)."""
-    root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        model, spec = saved_classifier(root / "model.pt", CLASSES, seed=3)
-        version = log_and_register(root / "model.pt", spec, {"test_f1_weighted": 0.5}, NAME)
-        assert gate(NAME, version, "test_f1_weighted").promoted
-        yield uri, model
+    root, uri = module_store
+    model, spec = saved_classifier(root / "model.pt", CLASSES, seed=3)
+    version = log_and_register(root / "model.pt", spec, {"test_f1_weighted": 0.5}, NAME)
+    assert gate(NAME, version, "test_f1_weighted").promoted
+    return uri, model
 
 
 def uv() -> list[str] | None:
