@@ -228,6 +228,5 @@ def test_predict_cli_errors_are_one_line(capsys, store, tmp_path):
         cli(capsys, "predict", str(tmp_path), ".", "--out", "o"), EXIT_USAGE, "no model.pt"
     )
     (tmp_path / "empty").mkdir()
-    (tmp_path / "m").mkdir()
     outcome = cli(capsys, "predict", f"models:/{NAME}@champion", tmp_path / "empty", "--out", "o")
     expect_error(outcome, EXIT_USAGE, "no dataset.yaml, no images and no DICOM files")

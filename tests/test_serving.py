@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from medssl.models.pyfunc import png_bytes
 from medssl.tracking.registry import gate, log_and_register
@@ -146,7 +147,7 @@ def test_rest_scoring_answers_as_predict(server):
     np.testing.assert_allclose(out[[f"{c}_prob" for c in CLASSES]], expected, atol=1e-6)
     # a colour image for a grey model is converted as training converted it
     rgb = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    grey = np.asarray(__import__("PIL.Image").Image.fromarray(rgb).convert("L"))
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
     status, both = post(url, frame([png_bytes(rgb), png_bytes(grey)]))
     assert status == 200 and both["predictions"][0] == both["predictions"][1]
 

@@ -256,10 +256,12 @@ def evaluation_markdown(report_md: str, out_dir: Path) -> str:
 def predictions_markdown(out_dir: Path) -> str:
     """The KFP UI's Markdown summary of a batch prediction: model, data, counts, and per class
     how many images were decided positive."""
+    import pandas as pd
+
     from medssl.stages.predict import PREDICTIONS_FILE, SUMMARY_FILE
 
     summary = json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
-    table = __import__("pandas").read_parquet(Path(out_dir) / PREDICTIONS_FILE)
+    table = pd.read_parquet(Path(out_dir) / PREDICTIONS_FILE)
     model = summary["model"]
     who = (
         f"{model.get('model_name')} v{model.get('model_version')}"

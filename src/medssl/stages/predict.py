@@ -113,9 +113,7 @@ def _from_folder(model_dir: Path) -> Predictor:
 
 
 def _from_registry(uri: str) -> Predictor:
-    import mlflow
-
-    from medssl.tracking.registry import load_version_model, resolve_version
+    from medssl.tracking.registry import load_version, resolve_version
     from medssl.tracking.runs import client
 
     name, _, ref = uri.removeprefix("models:/").partition("@")
@@ -131,11 +129,8 @@ def _from_registry(uri: str) -> Predictor:
         "model_version": str(mv.version),
         "model_run_id": mv.run_id or "",
     }
-    flavors = mlflow.models.get_model_info(f"models:/{name}/{mv.version}").flavors
-    if "pytorch" not in flavors:  # the self-contained pyfunc (medssl.models.pyfunc)
-        loaded = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}").unwrap_python_model()
-        return Predictor(loaded.model.cpu().eval(), loaded.spec, source)
-    return Predictor(load_version_model(name, mv.version), _legacy_spec(name, mv), source)
+    model, spec = load_version(name, mv.version)
+    return Predictor(model, spec or _legacy_spec(name, mv), source)
 
 
 def _legacy_spec(name: str, mv: Any) -> InferenceSpec:
@@ -183,6 +178,12 @@ def _images(data_dir: Path, out_dir: Path, spec: InferenceSpec, ingest: IngestCo
         from medssl.stages.ingest import ingest as run_ingest
 
         target = partial_dir(out_dir) / INGESTED_DIR
+        marker = target.parent / f"{INGESTED_DIR}.source"
+        source = str(data_dir.resolve())
+        if marker.is_file() and marker.read_text() != source:  # another export's leftovers
+            shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(source)  # a rerun on this export grows (resumes) its ingest
         result = run_ingest(data_dir, target, ingest, progress=False)
         return _dataset_images(Dataset.open(result.out_dir), f"{data_dir} (DICOM, ingested)")
     if not pictures:
@@ -275,6 +276,7 @@ def predict(
         write_table(table, tmp / PREDICTIONS_FILE)
         shutil.rmtree(parts)
         (tmp / FINGERPRINT_FILE).unlink()
+        (tmp / f"{INGESTED_DIR}.source").unlink(missing_ok=True)
         seconds = time.perf_counter() - start
         result = PredictResult(
             out_dir=out_dir,

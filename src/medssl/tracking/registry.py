@@ -517,15 +517,22 @@ def find_version(name: str, **tags: str) -> str | None:
     return None
 
 
-def load_version_model(name: str, version: str | int) -> torch.nn.Module:
-    """A registered version's classifier (torch module) on CPU, in eval mode: the one inside the
-    pyfunc, or the pickled module of versions logged with mlflow.pytorch before it."""
+def load_version(name: str, version: str | int) -> tuple[torch.nn.Module, InferenceSpec | None]:
+    """A registered version's classifier (torch module, CPU, eval mode) and its inference spec:
+    the pair inside the pyfunc, or (the pickled module, None) for versions logged with
+    mlflow.pytorch before it (their spec is in their tags)."""
     client()
     uri = f"models:/{name}/{version}"
     with _quiet("mlflow.pytorch", "mlflow.pyfunc", "mlflow.utils.requirements_utils"):
         if "pytorch" in mlflow.models.get_model_info(uri).flavors:
-            return mlflow.pytorch.load_model(uri, map_location="cpu").eval()
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model.cpu().eval()
+            return mlflow.pytorch.load_model(uri, map_location="cpu").eval(), None
+        loaded = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        return loaded.model.cpu().eval(), loaded.spec
+
+
+def load_version_model(name: str, version: str | int) -> torch.nn.Module:
+    """A registered version's classifier (see load_version)."""
+    return load_version(name, version)[0]
 
 
 def promote(name: str, version: str | int, reason: str, *, metric: str | None = None) -> Decision:
