@@ -303,3 +303,37 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(tiny_split, tmp_path, capsys):
     assert result.resumed_from_step == 3 and result.steps == 8 and result.epochs == 2
     assert "resuming a cuda checkpoint on cpu" in capsys.readouterr().err
     assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_methods_see_epoch_and_step_and_may_reset_optimizer_state_at_an_epoch_start():
+    class Relabelling(Scripted):
+        """Re-initialises its bias every epoch (as DeepCluster does its head)."""
+
+        def __init__(self):
+            super().__init__()
+            self.seen_ctx: list[tuple[int, int]] = []
+
+        def make_batch(self, rows, ctx):
+            self.seen_ctx.append((ctx.epoch, ctx.step))
+            return super().make_batch(rows, ctx)
+
+        def on_epoch_start(self, model, epoch, ctx):
+            super().on_epoch_start(model, epoch, ctx)
+            return [model.bias]
+
+    class AdamSteps(Callback):
+        def __init__(self):
+            self.steps: list[tuple[int, int]] = []
+
+        def on_step_end(self, trainer, output):
+            state = trainer.optimizer.state
+            model = trainer.model
+            self.steps.append((int(state[model.weight]["step"]), int(state[model.bias]["step"])))
+
+    method, counts = Relabelling(), AdamSteps()
+    method.monitor = None
+    Trainer(method, _scripted_cfg(max_epochs=3), progress=False, callbacks=[counts]).fit()
+    # 2 batches per epoch
+    assert method.seen_ctx == [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]
+    # the weight's Adam moments live on; the bias's restart at every epoch
+    assert counts.steps == [(1, 1), (2, 2), (3, 1), (4, 2), (5, 1), (6, 2)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from medssl.errors import ConfigError
 
@@ -109,16 +109,12 @@ class SplitConfig(Section):
         return self
 
 
-class TrainConfig(Section):
-    """`medssl train`: one training loop for every method (paper 000 §3.2 defaults)."""
+class LoopConfig(Section):
+    """The knobs of the one training loop that every stage running it shares (paper 000 §3.2
+    defaults); a method's own hyperparameters live in its section (see `method_sections`)."""
 
     method: str = Field("supervised", description="a name of medssl.methods.METHODS")
     backbone: Literal["resnet18", "resnet50", "vgg16_bn"] = "resnet18"
-    init: Literal["random", "imagenet", "checkpoint"] = "random"
-    weights: str | None = Field(
-        None,
-        description="imagenet: a .pth file or a torch hub cache dir; checkpoint: a medssl model.pt",
-    )
     lr: float = Field(1e-4, gt=0)  # paper 000 §3.2: Adam, fixed learning rate 0.0001
     weight_decay: float = Field(0.0, ge=0)
     batch_exams: int = Field(4, ge=1, description="t exams per batch (paper 000 §3.2)")
@@ -126,7 +122,6 @@ class TrainConfig(Section):
     max_epochs: int = Field(30, ge=1)
     max_steps: int | None = Field(None, ge=1, description="a step budget instead of epochs")
     patience: int = Field(7, ge=1)  # paper 000 §3.2: early stopping after 7 epochs
-    label_fraction: float = Field(1.0, gt=0, le=1, description="train subset (split stage)")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -134,6 +129,32 @@ class TrainConfig(Section):
     channels_last: bool = True
     workers: int = Field(0, ge=0, description="image-cache decoding processes; 0 = all cores")
     cache_dir: str = Field(".cache/medssl", description="decoded-image cache (memory-mapped)")
+
+
+class TrainConfig(LoopConfig):
+    """`medssl train`: a classifier through the one training loop."""
+
+    init: Literal["random", "imagenet", "checkpoint"] = "random"
+    weights: str | None = Field(
+        None,
+        description="imagenet: a .pth file or a torch hub cache dir; checkpoint: a medssl "
+        "model.pt or a pretrain encoder.pt",
+    )
+    label_fraction: float = Field(1.0, gt=0, le=1, description="train subset (split stage)")
+
+
+class PretrainConfig(LoopConfig):
+    """`medssl pretrain`: an encoder method on the unlabeled rows (paper 000 §3.2: batches of 16
+    exams, 100 epochs, the last epoch's weights: no early stopping in unsupervised training)."""
+
+    method: str = Field("lsd", description="an encoder method of medssl.methods.METHODS")
+    batch_exams: int = Field(16, ge=1, description="t unlabeled exams per batch (§3.2)")
+    max_batch_images: int = Field(256, ge=1, description="cap on images per exam batch")
+    max_epochs: int = Field(100, ge=1)
+    rows: Literal["unlabeled", "unlabeled+train"] = Field(
+        "unlabeled", description="rows trained on (labels are never read)"
+    )
+    tsne_points: int = Field(2000, ge=0, description="points in the t-SNE plot; 0: no plot")
 
 
 class EvaluateConfig(Section):
@@ -173,16 +194,43 @@ class Params(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     predict: PredictConfig = Field(default_factory=PredictConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _methods: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    def method_params(self, method: str) -> BaseModel | None:
+        """The typed hyperparameters of `method` (its params.yaml section), None when it
+        declares none."""
+        if not self._methods:
+            self._methods = {name: model() for name, model in method_sections().items()}
+        return self._methods.get(method)
 
     def dump(self) -> dict[str, Any]:
-        """The resolved config as plain data (for logs, MLflow and `medssl config show`)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The resolved config as plain data (for logs, MLflow and `medssl config show`),
+        with every method's section."""
+        out = self.model_dump(mode="json", by_alias=True)
+        for name in method_sections():
+            section = self.method_params(name)
+            assert section is not None
+            out[name] = section.model_dump(mode="json", by_alias=True)
+        return out
+
+
+def method_sections() -> dict[str, type[BaseModel]]:
+    """{method name: its hyperparameter model} for the methods that declare one: each is a
+    params.yaml section under the method's name (DESIGN.md, "one contract")."""
+    from medssl.methods import METHODS  # late: the methods import this module
+
+    return {
+        name: cls.Hyperparameters
+        for name, cls in METHODS.items()
+        if cls.Hyperparameters is not None
+    }
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -253,21 +301,34 @@ def load_params(
     for text in overrides:
         keys, value = parse_override(text)
         _apply(resolved, keys, value, text)
+    sections = method_sections()
+    raw_sections = {name: resolved.pop(name) for name in sections if name in resolved}
     try:
-        return Params.model_validate(resolved)
+        params = Params.model_validate(resolved)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(_one_line(exc, [*_known_keys(Params), *sections])) from None
+    for name, model in sections.items():
+        raw_section = raw_sections.get(name)
+        if raw_section is not None and not isinstance(raw_section, dict):
+            raise ConfigError(f"parameter {name!r}: expected a mapping of {name} settings")
+        try:
+            params._methods[name] = model.model_validate(raw_section or {})
+        except ValidationError as exc:
+            known = [f"{name}.{k}" for k in _known_keys(model)]
+            raise ConfigError(_one_line(exc, known, prefix=f"{name}.")) from None
+    return params
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, known: list[str], prefix: str = "") -> str:
+    """The first validation error as one line naming the key (`known`: the valid keys)."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    key = prefix + ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         section = key.split(".")[0]
-        known = [k for k in _known_keys(Params) if k.startswith(f"{section}.")] or [
-            k.split(".")[0] for k in _known_keys(Params)
+        shown = [k for k in known if k.startswith(f"{section}.")] or [
+            k.split(".")[0] for k in known
         ]
-        return f"unknown parameter {key!r} (known: {', '.join(dict.fromkeys(known))})"
+        return f"unknown parameter {key!r} (known: {', '.join(dict.fromkeys(shown))})"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f", got {got!r}"
-    return f"parameter {key or '(params)'!r}: {err['msg']}{shown}"
+    shown_input = "" if isinstance(got, dict) else f", got {got!r}"
+    return f"parameter {key or '(params)'!r}: {err['msg']}{shown_input}"

@@ -36,12 +36,15 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class Context:
     """Handed to every Method hook. `generator` draws every augmentation (it lives on the
-    device and is checkpointed with the run)."""
+    device and is checkpointed with the run). `epoch` (0-based) and `step` (optimizer steps
+    done) are kept current by the loop."""
 
     device: torch.device
     generator: torch.Generator
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    epoch: int = 0
+    step: int = 0
 
     @classmethod
     def create(

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medssl.config import TrainConfig
+from medssl.config import LoopConfig
 from medssl.engine.checkpoint import (
     CheckpointWriter,
     load_checkpoint,
@@ -44,7 +44,8 @@ from medssl.tracking.base import NullTracker, Tracker
 
 CHECKPOINT_FILE = "last.pt"
 # Config keys that define "the same run": a checkpoint written under other values is refused on
-# resume. Budgets, patience, device and I/O settings may change between a run and its resume.
+# resume (with the method's hyperparameters). Budgets, patience, device and I/O settings may
+# change between a run and its resume. Keys a stage's config lacks count as None.
 RESUME_KEYS = (
     "method",
     "backbone",
@@ -109,7 +110,7 @@ class Trainer:
     def __init__(
         self,
         method: Method,
-        cfg: TrainConfig,
+        cfg: LoopConfig,
         checkpoint_dir: Path | None = None,
         *,
         tracker: Tracker | None = None,
@@ -125,8 +126,9 @@ class Trainer:
         self.progress = progress
         self.callbacks = list(callbacks)
         self.fingerprint = {
-            **{k: getattr(cfg, k) for k in RESUME_KEYS},
+            **{k: getattr(cfg, k, None) for k in RESUME_KEYS},
             "method_class": type(method).__name__,
+            **method.fingerprint(),
             **(fingerprint or {}),
         }
         self.log_every = log_every
@@ -311,8 +313,10 @@ class Trainer:
             segment_start = now
 
         while not st.finished:
+            ctx.epoch, ctx.step = self.primary.epoch, st.step
             if self.primary.position == 0:
-                method.on_epoch_start(model, self.primary.epoch, ctx)
+                for param in method.on_epoch_start(model, self.primary.epoch, ctx) or ():
+                    opt.state.pop(param, None)  # e.g. a re-initialised head: fresh moments
             rows = {name: stream.next_batch() for name, stream in self.streams.items()}
             batch = method.make_batch(rows, ctx)
             with ctx.autocast():
@@ -380,8 +384,10 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(self, record)
         if self.progress:  # one line per epoch, on a terminal and in logs alike
-            values = " ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step", "seconds")
+            values = " ".join(  # "a/b" keys are per-item series (cluster sizes): not printed
+                f"{k} {v:.4g}"
+                for k, v in record.items()
+                if k not in ("epoch", "step", "seconds") and "/" not in k
             )
             best = " (best)" if improved else ""
             tqdm.write(f"epoch {epoch} step {st.step}: {values}{best}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from medssl.data.samplers import BatchSampler
@@ -32,12 +33,38 @@ class StepOutput:
 
 class Method(ABC):
     """Subclass, implement the four abstract methods, add the class to
-    `medssl.methods.METHODS`; stages construct it as `cls(cfg, dataset, cache)` (TrainConfig,
-    medssl.data.contract.Dataset, medssl.data.cache.ImageCache). Stream order matters: the first
-    stream is the primary one and one pass over it is an epoch; the others cycle independently
-    (FixMatch's unlabeled stream)."""
+    `medssl.methods.METHODS`; stages construct it as `cls(cfg, dataset, cache, hparams)` (the
+    stage's LoopConfig, medssl.data.contract.Dataset, medssl.data.cache.ImageCache and an instance
+    of `Hyperparameters` or None for its defaults). Stream order matters: the first stream is the
+    primary one and one pass over it is an epoch; the others cycle independently (FixMatch's
+    unlabeled stream)."""
 
     name: ClassVar[str] = ""
+    # what the method makes: "encoder" (the pretrain stage) or "classifier" (the train stage)
+    product: ClassVar[str] = "classifier"
+    # the method's own typed hyperparameters: a params.yaml section under `name`, -S overridable
+    # (`-S lsd.alpha=1.1`) and part of the resume fingerprint; None: the method has none
+    Hyperparameters: ClassVar[type[BaseModel] | None] = None
+    hparams: BaseModel | None = None
+
+    def resolve_hparams(self, hparams: BaseModel | None) -> None:
+        """Set `self.hparams` (the defaults when None; a wrong type is a bug of the caller)."""
+        model = self.Hyperparameters
+        if model is None:
+            self.hparams = None
+        elif hparams is None:
+            self.hparams = model()
+        elif not isinstance(hparams, model):
+            raise TypeError(f"{self.name} expects {model.__name__}, got {type(hparams).__name__}")
+        else:
+            self.hparams = hparams
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint to resume this run (beyond the loop's keys)."""
+        if self.hparams is None:
+            return {}
+        return {f"{self.name}.{k}": v for k, v in self.hparams.model_dump(mode="json").items()}
+
     # validation metric (higher is better) that selects the best epoch and drives early stopping;
     # None: no early stopping, the last weights are kept (paper 000 §3.2, unsupervised training)
     monitor: ClassVar[str | None] = None
@@ -66,9 +93,12 @@ class Method(ABC):
         """What the optimizer updates: parameters or param groups (e.g. a slower backbone)."""
         return [p for p in model.parameters() if p.requires_grad]
 
-    def on_epoch_start(self, model: nn.Module, epoch: int, ctx: Context) -> None:
+    def on_epoch_start(
+        self, model: nn.Module, epoch: int, ctx: Context
+    ) -> Iterable[torch.Tensor] | None:
         """Before the first step of each epoch (0-based), e.g. DeepCluster's k-means relabelling.
-        Whatever it changes must be in `state_dict()`."""
+        Whatever it changes must be in `state_dict()`. Returns the parameters whose optimizer state
+        (Adam moments) the engine drops, e.g. a re-initialised head; None: nothing to reset."""
         return None
 
     def after_step(self, model: nn.Module, step: int, ctx: Context) -> None:

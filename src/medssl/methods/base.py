@@ -4,18 +4,21 @@ A subclass adds its streams, batch recipe and loss."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 from torch import nn
 
-from medssl.config import TrainConfig
+from medssl.config import LoopConfig, PretrainConfig, TrainConfig
 from medssl.data.augment import to_float
 from medssl.data.cache import ImageCache
 from medssl.data.contract import Dataset, label_column
+from medssl.data.samplers import BatchSampler, ExamBatchSampler
 from medssl.data.splitting import LABEL_FRACTION_COLUMN
 from medssl.engine.context import Context
 from medssl.engine.method import Method
@@ -46,33 +49,72 @@ def labeled_train_rows(
     return np.flatnonzero(keep)
 
 
-class MultilabelMethod(Method):
-    """A method whose product is a multi-label classifier validated by weighted F1."""
+def multilabel_targets(dataset: Dataset) -> tuple[list[str], np.ndarray]:
+    """The dataset's classes and its [N, C] float32 targets (NaN on unlabeled rows)."""
+    classes = list(dataset.info.classes)
+    cols = [label_column(c) for c in classes]
+    targets = dataset.manifest[cols].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
+    return classes, targets
+
+
+def labeled_split_rows(dataset: Dataset, targets: np.ndarray, split: str) -> np.ndarray:
+    """Positions of the fully labeled rows of `split`."""
+    names = dataset.manifest["split"].to_numpy(dtype=object)
+    return np.flatnonzero((names == split) & ~np.isnan(targets).any(axis=1))
+
+
+class DatasetMethod(Method):
+    """What every method on a multi-label image dataset binds at construction: its config,
+    hyperparameters, dataset, image cache, targets (NaN where unlabeled), exam ids and the labeled
+    val and test rows. Subclasses choose `train_rows`."""
 
     task = "multilabel"
-    monitor = "val_f1_weighted"
+    stage = "train"  # the params.yaml section naming the method, for messages
 
-    def __init__(self, cfg: TrainConfig, dataset: Dataset, cache: ImageCache) -> None:
+    def __init__(
+        self,
+        cfg: LoopConfig,
+        dataset: Dataset,
+        cache: ImageCache,
+        hparams: BaseModel | None = None,
+    ) -> None:
+        self.resolve_hparams(hparams)
         info = dataset.info
         if info.task != self.task:
             raise ConfigError(
-                f"train.method {self.name!r} needs a {self.task} dataset; "
+                f"{self.stage}.method {self.name!r} needs a {self.task} dataset; "
                 f"{dataset.root} is {info.task}"
             )
         if len(cache) != len(dataset.manifest):
             raise ValueError("image cache and manifest disagree on the number of rows")
         self.cfg, self.dataset, self.cache = cfg, dataset, cache
-        self.classes = list(info.classes)
-        m = dataset.manifest
+        self.classes, self.targets = multilabel_targets(dataset)
+        self.exam_ids = dataset.manifest["exam_id"].to_numpy(dtype=object)
+        self.val_rows = labeled_split_rows(dataset, self.targets, "val")
+        self.test_rows = labeled_split_rows(dataset, self.targets, "test")
+        self.train_rows = np.zeros(0, dtype=np.int64)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return 4 * self.cfg.max_batch_images
+
+
+class MultilabelMethod(DatasetMethod):
+    """A method whose product is a multi-label classifier validated by weighted F1."""
+
+    monitor = "val_f1_weighted"
+    cfg: TrainConfig
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dataset: Dataset,
+        cache: ImageCache,
+        hparams: BaseModel | None = None,
+    ) -> None:
+        super().__init__(cfg, dataset, cache, hparams)
         label_cols = [label_column(c) for c in self.classes]
-        # [N, C] float32 targets, NaN on unlabeled rows
-        self.targets = m[label_cols].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
-        self.exam_ids = m["exam_id"].to_numpy(dtype=object)
-        labeled = ~np.isnan(self.targets).any(axis=1)
-        split = m["split"].to_numpy(dtype=object)
-        self.train_rows = labeled_train_rows(m, label_cols, cfg.label_fraction)
-        self.val_rows = np.flatnonzero((split == "val") & labeled)
-        self.test_rows = np.flatnonzero((split == "test") & labeled)
+        self.train_rows = labeled_train_rows(dataset.manifest, label_cols, cfg.label_fraction)
         if len(self.train_rows) == 0:
             raise DataContractError(
                 f"{dataset.root}: no labeled train rows in the label_fraction "
@@ -82,10 +124,6 @@ class MultilabelMethod(Method):
             raise DataContractError(
                 f"{dataset.root}: no labeled val rows (validation selects the best epoch)"
             )
-
-    @property
-    def eval_batch_size(self) -> int:
-        return 4 * self.cfg.max_batch_images
 
     def build_model(self, ctx: Context) -> nn.Module:
         return build_classifier(
@@ -140,3 +178,78 @@ class MultilabelMethod(Method):
             "label_fraction": self.cfg.label_fraction,
         }
         return model, meta
+
+
+class EncoderMethod(DatasetMethod):
+    """A method whose product is an encoder (the `pretrain` stage): it trains on the unlabeled
+    rows (and the train rows with `pretrain.rows: unlabeled+train`) without reading a label;
+    labels of val/test rows only measure it. No early stopping: the last epoch's weights are
+    kept (paper 000 §3.2). encoder.pt is the whole module in the classifier's key layout, so
+    `train -S train.init=checkpoint -S train.weights=.../encoder.pt` takes its backbone."""
+
+    product = "encoder"
+    monitor = None
+    stage = "pretrain"
+    cfg: PretrainConfig
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        dataset: Dataset,
+        cache: ImageCache,
+        hparams: BaseModel | None = None,
+    ) -> None:
+        super().__init__(cfg, dataset, cache, hparams)
+        wanted = ["unlabeled"] if cfg.rows == "unlabeled" else ["unlabeled", "train"]
+        split = dataset.manifest["split"]
+        self.train_rows = np.flatnonzero(split.isin(wanted).to_numpy(dtype=bool))
+        if len(self.train_rows) == 0:
+            raise DataContractError(
+                f"{dataset.root}: no {' or '.join(wanted)} rows to pre-train on "
+                "(run `medssl split` first, or set pretrain.rows=unlabeled+train)"
+            )
+
+    def streams(self) -> dict[str, BatchSampler]:
+        """Paper 000 §3.2: batches of t unlabeled exams."""
+        cfg, rows = self.cfg, self.train_rows
+        sampler = ExamBatchSampler(
+            rows, self.exam_ids[rows], cfg.batch_exams, cfg.max_batch_images, cfg.seed
+        )
+        return {"unlabeled": sampler}
+
+    def outputs(
+        self, model: nn.Module, ctx: Context, rows: np.ndarray, dim: int, fn: str = "forward"
+    ) -> np.ndarray:
+        """float32 `model.<fn>` outputs [len(rows), dim] of un-augmented images, batched (call
+        under ctx.inference)."""
+        forward = getattr(model, fn)
+
+        def images(chunk: np.ndarray) -> torch.Tensor:
+            return to_float(ctx.upload(self.cache.take(chunk)), ctx.channels_last)
+
+        return batched_logits(forward, images, rows, self.eval_batch_size, dim)
+
+    def export(self, model: nn.Module) -> tuple[Classifier, dict[str, Any]]:
+        """The module to save as encoder.pt and its meta (medssl.models.save_model format)."""
+        assert isinstance(model, Classifier)
+        info = self.dataset.info
+        meta = {
+            "method": self.name,
+            "product": self.product,
+            "backbone": self.cfg.backbone,
+            "init": "random",
+            "classes": [f"cluster_{k}" for k in range(model.num_classes)],
+            "in_channels": self.cache.channels,
+            "image_size": info.image_size,
+            "task": "encoder",
+            "dataset": info.name,
+            "dataset_version": info.version,
+        }
+        return model, meta
+
+    def write_artifacts(
+        self, model: nn.Module, ctx: Context, out_dir: Path, history: list[dict[str, float]]
+    ) -> dict[str, Any]:
+        """Write the method's own files into `out_dir` (the run's staging folder) and return
+        the numbers for metrics.json."""
+        return {}

@@ -16,7 +16,7 @@ from medssl.data.augment import to_float
 
 
 def batched_logits(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     images: Callable[[np.ndarray], torch.Tensor],
     rows: np.ndarray,
     batch_size: int,

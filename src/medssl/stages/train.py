@@ -20,18 +20,21 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
-from medssl.config import TrainConfig
+from medssl.config import LoopConfig, TrainConfig
 from medssl.data.cache import open_cache
 from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
 from medssl.engine.checkpoint import load_checkpoint
-from medssl.engine.loop import CHECKPOINT_FILE, Trainer
-from medssl.errors import ConfigError, Interrupted
+from medssl.engine.loop import CHECKPOINT_FILE, FitResult, Trainer
+from medssl.engine.method import Method
+from medssl.errors import Interrupted
 from medssl.fileio import partial_dir, sha256_file, staged_dir
 from medssl.methods import MultilabelMethod, get_method
 from medssl.models import save_model
@@ -100,53 +103,26 @@ def train(
     resume: bool = False,
     progress: bool = True,
     tracker: Tracker | None = None,
+    hparams: BaseModel | None = None,
 ) -> TrainResult:
     """Train, then write the model folder, all of it or none of it: the run works in the
     sibling `.<out>.partial/` (its checkpoints survive a kill or Ctrl-C there), which replaces
     `out_dir` only once every file is written. `resume` continues from the partial run's
     checkpoint, or from a finished run's final one (a finished run is not retrained: its outputs
-    are written again)."""
+    are written again). `hparams`: the method's section of params.yaml (None: its defaults)."""
     tracker = tracker or NullTracker()
-    dataset = Dataset.open(dataset_dir)
-    method_cls = get_method(cfg.method)
-    if not issubclass(method_cls, MultilabelMethod):
-        raise ConfigError(
-            f"train.method {cfg.method!r} does not produce a classifier; the train stage "
-            "needs one (pre-training methods run in their own stage)"
-        )
     out_dir = Path(out_dir)
-    staging = partial_dir(out_dir)
-    if resume:
-        _resume_from_finished(out_dir, staging)
-    else:
-        shutil.rmtree(staging, ignore_errors=True)
-    # a decoding bar on a terminal only (None)
-    cache = open_cache(
-        dataset, cfg.cache_dir, workers=cfg.workers, progress=None if progress else False
-    )
-    method = method_cls(cfg, dataset, cache)
-    with staged_dir(out_dir, staging=staging) as tmp:
-        trainer = Trainer(
-            method,
-            cfg,
-            tmp / CHECKPOINT_DIR,
-            tracker=tracker,
-            progress=progress,
-            fingerprint={"dataset": cache.key},  # hashed once, by open_cache
-        )
-        try:
-            fit = trainer.fit(resume=resume)
-        except KeyboardInterrupt:
-            raise Interrupted(_interrupted(trainer, dataset_dir, out_dir)) from None
-        assert trainer.model is not None
+    run = fit_in_staging(
+        "train", "classifier", dataset_dir, out_dir, cfg, hparams,
+        resume=resume, progress=progress, tracker=tracker,
+    )  # fmt: skip
+    with run as (method, trainer, fit, tmp):
+        assert isinstance(method, MultilabelMethod) and trainer.model is not None
         predictions = method.predictions(trainer.model, trainer.ctx)
         write_table(predictions, tmp / PREDICTIONS_FILE)
         model, meta = method.export(trainer.model)
         save_model(tmp / MODEL_FILE, model, {**meta, "best_epoch": fit.best_epoch})
-        history = pd.DataFrame(fit.history)
-        columns = HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]
-        history = history.reindex(columns=columns)
-        (tmp / HISTORY_FILE).write_text(history.to_csv(index=False))
+        write_history(fit.history, tmp / HISTORY_FILE, HISTORY_COLUMNS)
         result = TrainResult(
             out_dir=out_dir,
             dataset=str(Path(dataset_dir).resolve()),
@@ -187,6 +163,58 @@ def train(
     return result
 
 
+@contextlib.contextmanager
+def fit_in_staging(
+    stage: str,
+    product: str,
+    dataset_dir: Path,
+    out_dir: Path,
+    cfg: LoopConfig,
+    hparams: BaseModel | None,
+    *,
+    resume: bool,
+    progress: bool,
+    tracker: Tracker,
+) -> Iterator[tuple[Method, Trainer, FitResult, Path]]:
+    """What `train` and `pretrain` share: the `<stage>.method` (which must make `product`) fitted
+    through the one loop in the staging folder `.<out>.partial/` (checkpoints survive a kill
+    there; `resume` continues from them or from a finished run's final checkpoint). The body
+    writes the outputs into `tmp`, which then replaces `out_dir` as a whole."""
+    dataset = Dataset.open(dataset_dir)
+    method_cls = get_method(cfg.method, product, stage)
+    staging = partial_dir(out_dir)
+    if resume:
+        resume_from_finished(out_dir, staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    # a decoding bar on a terminal only (None)
+    cache = open_cache(
+        dataset, cfg.cache_dir, workers=cfg.workers, progress=None if progress else False
+    )
+    method = method_cls(cfg, dataset, cache, hparams)  # type: ignore[call-arg]
+    with staged_dir(out_dir, staging=staging) as tmp:
+        trainer = Trainer(
+            method,
+            cfg,
+            tmp / CHECKPOINT_DIR,
+            tracker=tracker,
+            progress=progress,
+            fingerprint={"dataset": cache.key},  # hashed once, by open_cache
+        )
+        try:
+            fit = trainer.fit(resume=resume)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted(trainer, stage, dataset_dir, out_dir)) from None
+        yield method, trainer, fit, tmp
+
+
+def write_history(history: list[dict[str, float]], path: Path, first: list[str]) -> None:
+    """history.csv: one row per epoch, the `first` columns first (absent ones empty)."""
+    table = pd.DataFrame(history)
+    columns = first + [c for c in table.columns if c not in first]
+    path.write_text(table.reindex(columns=columns).to_csv(index=False))
+
+
 def read_summary(model_dir: Path) -> dict[str, Any]:
     """A model folder's train.json ({} when it has none or it is unreadable)."""
     path = Path(model_dir) / SUMMARY_FILE
@@ -197,7 +225,7 @@ def read_summary(model_dir: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def _resume_from_finished(out_dir: Path, staging: Path) -> None:
+def resume_from_finished(out_dir: Path, staging: Path) -> None:
     """--resume without a partial run: start from the finished run's final checkpoint (hard
     link when possible: checkpoints are replaced, never modified in place)."""
     partial = staging / CHECKPOINT_DIR / CHECKPOINT_FILE
@@ -211,7 +239,8 @@ def _resume_from_finished(out_dir: Path, staging: Path) -> None:
         shutil.copy2(finished, partial)
 
 
-def _interrupted(trainer: Trainer, dataset_dir: Path, out_dir: Path) -> str:
+def interrupted(trainer: Trainer, command: str, dataset_dir: Path, out_dir: Path) -> str:
+    """The one line for Ctrl-C / SIGTERM: where the last checkpoint is and how to continue."""
     path = trainer.checkpoint_path
     saved = None
     if path is not None and path.is_file():
@@ -221,5 +250,5 @@ def _interrupted(trainer: Trainer, dataset_dir: Path, out_dir: Path) -> str:
         return f"interrupted at step {trainer.state.step} before the first checkpoint"
     return (
         f"interrupted at step {trainer.state.step}; the checkpoint of step {saved} is kept in "
-        f"{path.parent}: continue with `medssl train {dataset_dir} --out {out_dir} --resume`"
+        f"{path.parent}: continue with `medssl {command} {dataset_dir} --out {out_dir} --resume`"
     )
