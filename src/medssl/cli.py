@@ -269,7 +269,50 @@ def train_cmd(
 
     read_info(dataset)  # a wrong path is the first thing to say, before MLflow is contacted
     with _tracked("train", cfg, dataset, track) as tracker:
-        result = train(dataset, out, cfg.train, resume=resume, tracker=tracker)
+        result = train(
+            dataset,
+            out,
+            cfg.train,
+            resume=resume,
+            tracker=tracker,
+            hparams=cfg.method_params(cfg.train.method),
+        )
+    typer.echo(result.describe())
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Split dataset folder (from `medssl split`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encoder folder to write.")] = Path(
+        "models/pretrain"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")
+    ] = False,
+    track: TrackOption = True,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Pre-train an encoder with `pretrain.method` (pica, lsd) on the unlabeled rows; writes
+    encoder.pt for `train -S train.init=checkpoint -S train.weights=OUT/encoder.pt`.
+
+    Hyperparameters: the `pretrain` section (budget, batch, backbone) and the method's own
+    section (`-S lsd.lambda=2 -S lsd.alpha=1.1 -S lsd.clusters=12`)."""
+    cfg = _params(params, set_)
+    from medssl.data.contract import read_info
+    from medssl.stages.pretrain import pretrain
+
+    read_info(dataset)  # a wrong path is the first thing to say, before MLflow is contacted
+    with _tracked("pretrain", cfg, dataset, track) as tracker:
+        result = pretrain(
+            dataset,
+            out,
+            cfg.pretrain,
+            hparams=cfg.method_params(cfg.pretrain.method),
+            resume=resume,
+            tracker=tracker,
+            evaluate_cfg=cfg.evaluate,
+        )
     typer.echo(result.describe())
 
 

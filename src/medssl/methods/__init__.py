@@ -1,24 +1,49 @@
 """Training methods. A method is one module here plus one entry in `METHODS`, which maps the
-params.yaml name (`train.method`) to its class; the engine, stages and pipelines do not change."""
+params.yaml name (`train.method`, `pretrain.method`) to its class; the engine, stages and
+pipelines do not change. Its `product` decides the stage: encoder → pretrain, classifier → train."""
 
 from __future__ import annotations
 
 from medssl.engine.method import Method, StepOutput
 from medssl.errors import ConfigError
-from medssl.methods.base import MultilabelMethod
+from medssl.methods.base import EncoderMethod, MultilabelMethod
+from medssl.methods.pica import Lsd, Pica
 from medssl.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     Supervised.name: Supervised,
+    Pica.name: Pica,
+    Lsd.name: Lsd,
 }
 
 
-def get_method(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        known = ", ".join(sorted(METHODS))
-        raise ConfigError(f"unknown train.method {name!r} (known: {known})") from None
+def get_method(name: str, product: str = "classifier", stage: str = "train") -> type[Method]:
+    """The method class of `<stage>.method` = name, which must make `product`."""
+    cls = METHODS.get(name)
+    if cls is None or cls.product != product:
+        known = ", ".join(sorted(n for n, c in METHODS.items() if c.product == product))
+        if cls is None:
+            raise ConfigError(f"unknown {stage}.method {name!r} (known: {known})")
+        other = "pretrain" if cls.product == "encoder" else "train"
+        raise ConfigError(
+            f"{stage}.method {name!r} is not {_a(product)} method (known: {known}); "
+            f"{name!r} makes {_a(cls.product)}: run it with `medssl {other}`"
+        )
+    return cls
 
 
-__all__ = ["METHODS", "Method", "MultilabelMethod", "StepOutput", "Supervised", "get_method"]
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+__all__ = [
+    "METHODS",
+    "EncoderMethod",
+    "Lsd",
+    "Method",
+    "MultilabelMethod",
+    "Pica",
+    "StepOutput",
+    "Supervised",
+    "get_method",
+]

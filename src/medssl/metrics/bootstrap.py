@@ -102,3 +102,38 @@ def bootstrap_weighted_f1(
     alpha = 1.0 - level
     low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
     return BootstrapCI(estimate, float(low), float(high), level, samples)
+
+
+def bootstrap_paired_difference(
+    y_true: np.ndarray,
+    preds_a: list[np.ndarray],
+    preds_b: list[np.ndarray],
+    groups: np.ndarray,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> BootstrapCI:
+    """CI of mean_i F1(preds_a[i]) - mean_j F1(preds_b[j]) (support-weighted F1; e.g. several
+    seeds of two methods) over the same test rows, resampling exams once for both sides, so the
+    exam-to-exam variation both sides share cancels (a paired comparison)."""
+    if not preds_a or not preds_b:
+        raise ValueError("each side needs at least one prediction set")
+    sides = []
+    for preds in (preds_a, preds_b):
+        sides.append([group_confusion(y_true, p, groups)[:3] for p in preds])
+    n_groups = sides[0][0][0].shape[0]
+
+    def mean_f1(weights: np.ndarray, side: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+        return np.mean([weighted_f1_from_counts(*(weights @ c for c in cm)) for cm in side], 0)
+
+    ones = np.ones((1, n_groups))
+    estimate = float((mean_f1(ones, sides[0]) - mean_f1(ones, sides[1]))[0])
+    rng = np.random.default_rng(seed)
+    samples = np.empty(n_resamples)
+    for start in range(0, n_resamples, CHUNK):
+        stop = min(start + CHUNK, n_resamples)
+        weights = resample_multiplicities(n_groups, stop - start, rng).astype(float)
+        samples[start:stop] = mean_f1(weights, sides[0]) - mean_f1(weights, sides[1])
+    alpha = 1.0 - level
+    low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
+    return BootstrapCI(estimate, float(low), float(high), level, samples)

@@ -1,0 +1,70 @@
+"""Plots written next to a stage's numbers (PNG, matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_cluster_sizes(sizes: np.ndarray, epochs: Sequence[int], path: Path, title: str) -> None:
+    """Cluster-size distribution per epoch ([epochs, K] shares): each epoch's shares sorted from
+    the largest cluster down (the shape a size prior acts on), early epochs light, late dark."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    cmap = plt.get_cmap("viridis")
+    n = len(sizes)
+    for i, (epoch, row) in enumerate(zip(epochs, sizes, strict=True)):
+        colour = cmap(0.15 + 0.85 * i / max(n - 1, 1))
+        label = f"epoch {epoch}" if i in (0, n - 1) else None
+        ax.plot(np.arange(1, len(row) + 1), np.sort(row)[::-1], color=colour, lw=1.2, label=label)
+    k = sizes.shape[1]
+    ax.axhline(1 / k, color="grey", ls=":", lw=1, label=f"uniform (1/{k})")
+    ax.set_xlabel("cluster rank (largest first)")
+    ax.set_ylabel("share of the epoch's images")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_embedding(
+    xy: np.ndarray,
+    colourings: dict[str, tuple[np.ndarray, list[str]]],
+    path: Path,
+    title: str,
+) -> None:
+    """A 2-D embedding (t-SNE) once per colouring: {panel title: (codes [n] with -1 = unknown,
+    names of the codes)}; unknown points are drawn light grey underneath."""
+    plt = _pyplot()
+    n = len(colourings)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.6), squeeze=False)
+    for ax, (panel, (codes, names)) in zip(axes.ravel(), colourings.items(), strict=True):
+        unknown = codes < 0
+        ax.scatter(xy[unknown, 0], xy[unknown, 1], s=3, c="#d9d9d9", label="unlabeled")
+        cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+        for code, name in enumerate(names):
+            sel = codes == code
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=5, color=cmap(code % cmap.N), label=name)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(names) <= 20:
+            ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
