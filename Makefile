@@ -20,8 +20,14 @@ venv: ## create or refresh .venv from uv.lock
 demo: venv ## the whole job on the embedded defaults: dvc repro synth → … → register
 	dvc repro
 	@echo
-	@echo "== test set (paper 000 Table 2 layout) =="
+	@echo "== unsupervised classifier: deep clustering (pretrain.method) + Algorithm 1 (paper 000 Table 1 layout) =="
+	@cat models/pretrain/table.txt
+	@echo
+	@echo "== fine-tuned from the deep-clustering encoder (paper 000 Table 2 layout) =="
 	@cat reports/evaluate/table.txt
+	@echo
+	@echo "== the same training from random initialisation (baseline) =="
+	@cat reports/evaluate-scratch/table.txt
 	@echo
 	@echo "== registry =="
 	@medssl models list
@@ -30,13 +36,15 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  data/abdominal-us/          synthetic archive (images/, manifest.parquet, reports.parquet)"
 	@echo "  reports/validate/           report.json; data docs: reports/validate/data_docs/index.html"
 	@echo "  data/splits/                patient-disjoint splits + label fractions (splits.json, splits.png)"
-	@echo "  models/supervised/          model.pt, history.csv, predictions.parquet"
+	@echo "  models/pretrain/            encoder.pt, clusters.json, assignments.parquet, tsne.png, cluster_sizes.png"
+	@echo "  models/supervised/          model.pt (fine-tuned from encoder.pt), history.csv, predictions.parquet"
+	@echo "  models/scratch/             the from-scratch baseline (reports/evaluate-scratch/)"
 	@echo "  reports/evaluate/           metrics.json, report.md, pr_curves.png (dvc metrics show / dvc plots show)"
 	@echo "  mlflow.db                   runs and registered models: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "Use the champion:"
 	@echo "  source .venv/bin/activate && medssl predict models:/abdominal-organs@champion data/splits --out /tmp/predictions"
 	@echo "Change a parameter and re-run only what changed:"
-	@echo "  source .venv/bin/activate && dvc exp run -S train.lr=0.0003 && medssl models compare 1 2"
+	@echo "  source .venv/bin/activate && dvc exp run -S lsd.alpha=1.2 && medssl models compare 1 2"
 
 test: venv ## lint, format check and the test suite
 	ruff check $(PY_SRC)

@@ -22,6 +22,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -104,24 +105,35 @@ def baseline_round(
     x = x.contiguous(memory_format=ctx.memory_format)
     y = (torch.rand(batch, 7, device=ctx.device) < 0.3).float()
     model.train()
-    t0 = last = 0.0
-    durations = []
-    for step in range(warmup + steps):
-        if step == warmup:
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            t0 = last = time.perf_counter()
+
+    def step() -> None:
         with ctx.autocast():
             loss = multilabel_bce(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step >= warmup:
+
+    return time_steps(step, ctx.device, warmup, steps)
+
+
+def time_steps(
+    step: Callable[[], None], device: torch.device, warmup: int, steps: int
+) -> tuple[float, float]:
+    """Run `step` warmup + steps times: (seconds of the timed steps, their median step time)."""
+    t0 = last = 0.0
+    durations = []
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = last = time.perf_counter()
+        step()
+        if i >= warmup:
             now = time.perf_counter()
             durations.append(now - last)
             last = now
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t0, statistics.median(durations)
 
 

@@ -4,9 +4,8 @@ project image (`components.image.IMAGE`), with typed artifacts between steps.
 A body imports `medssl` inside (KFP ships only the function's source to the container) and calls
 a stage function from `medssl.stages` plus the small helpers of `medssl.orchestration`.
 Two pipelines use them: training (pipelines/training.py) and batch inference
-(pipelines/batch_inference.py). No pretrain/tune stage exists yet: when `medssl.stages.pretrain`
-(and `tune`) land, their components go in `components/pretrain.py` (`tune.py`) and are exported
-here.
+(pipelines/batch_inference.py). No tune stage exists yet: when it lands, its component goes in
+`components/tune.py` and is exported here.
 """
 
 from components.config import resolve_config
@@ -14,6 +13,7 @@ from components.data import data
 from components.evaluate import evaluate
 from components.image import DEFAULT_IMAGE, IMAGE
 from components.predict import predict
+from components.pretrain import pretrain
 from components.register import register
 from components.split import split
 from components.tracking import finish_run, start_run
@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "finish_run",
     "predict",
+    "pretrain",
     "register",
     "resolve_config",
     "split",

@@ -12,6 +12,10 @@ def resolve_config(
     params: dict,
     data_size: str,
     data_seed: int,
+    pretrain_method: str,
+    pretrain_max_epochs: int,
+    pretrain_max_steps: int,
+    train_init: str,
     train_lr: float,
     train_max_epochs: int,
     train_max_steps: int,
@@ -24,8 +28,8 @@ def resolve_config(
     "ConfigOutputs", [("params", dict), ("data", dict), ("validate", dict), ("split", dict)]
 ):
     """The resolved params.yaml (`params` output) and the part each cached step reads; a bad
-    value fails here with a one-line error. train_max_steps 0 and register_model_name '' mean
-    the defaults (no budget; abdominal-organs)."""
+    value fails here with a one-line error. pretrain_max_steps / train_max_steps 0 and
+    register_model_name '' mean the defaults (no step budget; abdominal-organs)."""
     scalars = {name: value for name, value in locals().items() if name != "params"}
     from collections import namedtuple
 

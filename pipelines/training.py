@@ -1,8 +1,12 @@
 """The training pipeline on Kubeflow Pipelines v2:
 
-    resolve-config → data → validate → split → train (GPU) → evaluate → register
+    resolve-config → data → validate → split → pretrain (GPU) → train (GPU) → evaluate → register
                        └→ start-run (MLflow parent run) ┘
     exit handler: finish-run (parent run FINISHED, or FAILED when a step failed)
+
+train_init decides the branch: `checkpoint` (params.yaml's default) pre-trains the encoder
+(`pretrain.method`, paper 000 §2.2) and fine-tunes from it; `random` is the from-scratch
+baseline without the pretrain step (any other init also skips it).
 
 Parameter defaults are the repository's params.yaml at compile time (`params`: the whole resolved
 file; the scalar parameters: the keys a run usually overrides, which win over `params`).
@@ -19,6 +23,7 @@ if str(ROOT) not in sys.path:  # components/ is a top-level folder of the reposi
 
 import components as c  # noqa: E402
 from kfp import dsl, kubernetes  # noqa: E402
+from kfp.dsl.pipeline_channel import PipelineChannel  # noqa: E402
 
 from medssl.config import load_params  # noqa: E402
 from medssl.orchestration import SCALAR_PARAMS, params_argument, scalar_defaults  # noqa: E402
@@ -74,9 +79,39 @@ def step(
     return task
 
 
+def evaluate_and_register(
+    train: dsl.PipelineTask,
+    splits: PipelineChannel,
+    dataset: PipelineChannel,
+    params: PipelineChannel,
+    parent: PipelineChannel,
+) -> None:
+    """train (GPU) → evaluate → register, in either branch (kfp.local cannot merge branches
+    with dsl.OneOf, so each branch holds its own tail)."""
+    # No retry: a retried pod starts on a fresh disk without the checkpoints, so it would
+    # train again from scratch (GPU hours, and another model for the same run); a failed
+    # train fails the run, and re-running it reuses the cached data steps (docs/kubeflow.md).
+    step(train, cpu="4", memory="16Gi", cache=False, retry=False, gpu=True)
+
+    evaluate = c.evaluate(model=train.outputs["model"], params=params, parent_run_id=parent)
+    step(evaluate, cpu="1", memory="4Gi", cache=False, retry=True)
+
+    register = c.register(
+        model=train.outputs["model"],
+        evaluation=evaluate.outputs["evaluation"],
+        splits=splits,
+        images=dataset,
+        params=params,
+        parent_run_id=parent,
+    )
+    # a retried register finds the version it already made (idempotent on the parent run)
+    step(register, cpu="1", memory="4Gi", cache=False, retry=True)
+
+
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="medssl: data → validate → split → train → evaluate → register, tracked in MLflow.",
+    description="medssl: data → validate → split → pretrain → train → evaluate → register "
+    "(MLflow-tracked).",
 )
 def training(
     data_repo: str = "",
@@ -84,6 +119,10 @@ def training(
     data_path: str = "data/abdominal-us",
     data_size: str = SCALARS["data_size"],
     data_seed: int = SCALARS["data_seed"],
+    pretrain_method: str = SCALARS["pretrain_method"],
+    pretrain_max_epochs: int = SCALARS["pretrain_max_epochs"],
+    pretrain_max_steps: int = SCALARS["pretrain_max_steps"],
+    train_init: str = SCALARS["train_init"],
     train_lr: float = SCALARS["train_lr"],
     train_max_epochs: int = SCALARS["train_max_epochs"],
     train_max_steps: int = SCALARS["train_max_steps"],
@@ -129,30 +168,24 @@ def training(
         step(start, cpu="250m", memory="1Gi", cache=False, retry=True)
         parent = start.output
 
-        # pretrain: no pretrain stage exists yet. Its GPU step goes here once
-        # medssl.stages.pretrain does (components/pretrain.py, same step(..., gpu=True)), and
-        # train then starts from its checkpoint (train.init=checkpoint).
-        train = c.train(
-            splits=split.outputs["splits"], images=dataset, params=resolved, parent_run_id=parent
-        )
-        # No retry: a retried pod starts on a fresh disk without the checkpoints, so it would
-        # train again from scratch (GPU hours, and another model for the same run); a failed
-        # train fails the run, and re-running it reuses the cached data steps (docs/kubeflow.md).
-        step(train, cpu="4", memory="16Gi", cache=False, retry=False, gpu=True)
-
-        evaluate = c.evaluate(model=train.outputs["model"], params=resolved, parent_run_id=parent)
-        step(evaluate, cpu="1", memory="4Gi", cache=False, retry=True)
-
-        register = c.register(
-            model=train.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"],
-            splits=split.outputs["splits"],
-            images=dataset,
-            params=resolved,
-            parent_run_id=parent,
-        )
-        # a retried register finds the version it already made (idempotent on the parent run)
-        step(register, cpu="1", memory="4Gi", cache=False, retry=True)
+        splits = split.outputs["splits"]
+        with dsl.If(train_init == "checkpoint", name="from-encoder"):
+            pretrain = c.pretrain(
+                splits=splits, images=dataset, params=resolved, parent_run_id=parent
+            )
+            # no retry, like train: a retried pod has lost its checkpoints
+            step(pretrain, cpu="4", memory="16Gi", cache=False, retry=False, gpu=True)
+            fine_tune = c.train(
+                splits=splits,
+                images=dataset,
+                params=resolved,
+                parent_run_id=parent,
+                encoder=pretrain.outputs["encoder"],
+            )
+            evaluate_and_register(fine_tune, splits, dataset, resolved, parent)
+        with dsl.Else(name="from-scratch"):
+            scratch = c.train(splits=splits, images=dataset, params=resolved, parent_run_id=parent)
+            evaluate_and_register(scratch, splits, dataset, resolved, parent)
 
 
 PIPELINE = training

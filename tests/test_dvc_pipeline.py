@@ -41,6 +41,7 @@ def project(tmp_path: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["size"] = "tiny"
     params["train"].update(max_epochs=2, checkpoint_every=5)
+    params["pretrain"].update(max_steps=3, checkpoint_every=5, tsne_points=50)
     params["evaluate"]["bootstrap"] = 50
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], tmp_path)
@@ -64,8 +65,16 @@ def versions(project: Path) -> dict[str, dict[str, str]]:
 
 def test_repro_then_nothing_then_queued_experiment(project: Path):
     out = run(["dvc", "repro"], project)
-    for stage in ("synth", "validate", "split", "train", "evaluate", "register"):
+    stages = ("synth", "validate", "split", "pretrain", "train", "evaluate", "train-scratch",
+              "evaluate-scratch", "register")  # fmt: skip
+    for stage in stages:
         assert f"Running stage '{stage}'" in out
+    # train starts from the pretrain stage's encoder, the baseline from random weights
+    assert (
+        json.loads((project / "models/supervised/train.json").read_text())["init"] == "checkpoint"
+    )
+    assert json.loads((project / "models/scratch/train.json").read_text())["init"] == "random"
+    assert "weighted avg" in (project / "models/pretrain/table.txt").read_text()
     assert (project / "data/splits/splits.json").is_file()
     assert (project / "reports/validate/report.json").is_file()
     # metrics.json holds the weighted F1 of the model's own predictions at the val thresholds
@@ -90,6 +99,7 @@ def test_repro_then_nothing_then_queued_experiment(project: Path):
     tracked = run(["git", "ls-files", "reports", "models"], project).split()
     assert "reports/evaluate/metrics.json" in tracked
     assert "models/supervised/history.csv" in tracked
+    assert {"models/pretrain/metrics.json", "models/pretrain/clusters.json"} <= set(tracked)
     assert any(p.startswith("reports/evaluate/pr/") and p.endswith(".csv") for p in tracked)
     assert not any(p.endswith((".pt", ".parquet")) for p in tracked)  # DVC's cache holds those
 
@@ -97,7 +107,7 @@ def test_repro_then_nothing_then_queued_experiment(project: Path):
     # runs and model still land in the repository's mlflow.db and mlruns/
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001", "-n", "lr3"], project)
     ran = run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
-    for stage in ("synth", "validate", "split"):
+    for stage in ("synth", "validate", "split", "pretrain"):
         assert f"Running stage '{stage}'" not in ran
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]

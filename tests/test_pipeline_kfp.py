@@ -55,6 +55,7 @@ STEPS = [
     "validate",
     "split",
     "start-run",
+    "pretrain",
     "train",
     "evaluate",
     "register",
@@ -163,9 +164,13 @@ def test_spec_gpu_secret_retry_and_cache_settings():
     assert train["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    # only train asks for a GPU
+    # only pretrain and train (in either branch) ask for a GPU
+    gpu_steps = {"exec-pretrain", "exec-train", "exec-train-2"}
+    for name in gpu_steps:
+        assert executors[name]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+        assert k8s["deploymentSpec"]["executors"][name]["nodeSelector"] == train["nodeSelector"]
     for name, executor in executors.items():
-        if name != "exec-train":
+        if name not in gpu_steps:
             assert "accelerator" not in executor["container"].get("resources", {}), name
             assert "nodeSelector" not in k8s["deploymentSpec"]["executors"][name], name
 
@@ -188,14 +193,19 @@ def test_spec_gpu_secret_retry_and_cache_settings():
     for step in ("data", "start-run", "evaluate", "register", "finish-run"):
         policy = all_tasks[step]["retryPolicy"]
         assert policy["maxRetryCount"] >= 1 and policy["backoffDuration"], step
-    for step in ("resolve-config", "validate", "split", "train"):
+    for step in ("resolve-config", "validate", "split", "pretrain", "train", "train-2"):
         assert "retryPolicy" not in all_tasks[step], step
 
     # caching: deterministic data steps yes; register (and the MLflow-tracked steps) never
     for step in ("resolve-config", "data", "validate", "split"):
         assert all_tasks[step]["cachingOptions"].get("enableCache") is True, step
-    for step in ("register", "train", "evaluate", "start-run", "finish-run"):
+    for step in ("register", "pretrain", "train", "evaluate", "start-run", "finish-run"):
         assert not all_tasks[step]["cachingOptions"].get("enableCache"), step
+
+    # train_init=checkpoint: pretrain → train from its encoder; otherwise train from scratch
+    encoder = all_tasks["train"]["inputs"]["artifacts"]["encoder"]["taskOutputArtifact"]
+    assert encoder == {"outputArtifactKey": "encoder", "producerTask": "pretrain"}
+    assert "encoder" not in all_tasks["train-2"]["inputs"].get("artifacts", {})
 
     # the exit handler gets the final status of the steps group
     finish = pipeline["root"]["dag"]["tasks"]["finish-run"]
@@ -218,6 +228,7 @@ def test_spec_gpu_secret_retry_and_cache_settings():
     assert artifact_type("comp-split", "output", "splits") == "system.Dataset"
     assert artifact_type("comp-train", "input", "splits") == "system.Dataset"
     assert artifact_type("comp-train", "output", "model") == "system.Model"
+    assert artifact_type("comp-pretrain", "output", "encoder") == "system.Model"
     assert artifact_type("comp-evaluate", "output", "metrics") == "system.Metrics"
     assert artifact_type("comp-evaluate", "output", "report") == "system.Markdown"
     assert artifact_type("comp-evaluate", "output", "classification") == (

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 SCALAR_PARAMS: dict[str, str] = {
     "data_size": "data.size",
     "data_seed": "data.seed",
+    "pretrain_method": "pretrain.method",
+    "pretrain_max_epochs": "pretrain.max_epochs",
+    "pretrain_max_steps": "pretrain.max_steps",
+    "train_init": "train.init",
     "train_lr": "train.lr",
     "train_max_epochs": "train.max_epochs",
     "train_max_steps": "train.max_steps",
@@ -41,7 +45,11 @@ SCALAR_PARAMS: dict[str, str] = {
     "register_model_name": "register.model_name",
 }
 # KFP parameters cannot be None (kfp.local refuses a None argument): these values stand for it.
-NONE_SENTINELS: dict[str, Any] = {"train_max_steps": 0, "register_model_name": ""}
+NONE_SENTINELS: dict[str, Any] = {
+    "pretrain_max_steps": 0,
+    "train_max_steps": 0,
+    "register_model_name": "",
+}
 
 # What each cached step reads, as in dvc.yaml's `params:` (a change elsewhere keeps the cache).
 STEP_SECTIONS: dict[str, dict[str, list[str] | None]] = {
@@ -115,11 +123,12 @@ def resolve_params(params: Mapping[str, Any] | None = None, **scalars: Any) -> P
 
 
 def step_params(params: Mapping[str, Any]) -> Params:
-    """`resolve_params` for a step that writes a cache: a relative train.cache_dir moves to the
-    temp folder when the working directory is read-only (the image's WORKDIR)."""
+    """`resolve_params` for a step that writes a cache: a relative train/pretrain.cache_dir moves
+    to the temp folder when the working directory is read-only (the image's WORKDIR)."""
     cfg = resolve_params(params)
-    if not Path(cfg.train.cache_dir).is_absolute() and not os.access(Path.cwd(), os.W_OK):
-        cfg.train.cache_dir = str(Path(tempfile.gettempdir()) / cfg.train.cache_dir)
+    for section in (cfg.train, cfg.pretrain):
+        if not Path(section.cache_dir).is_absolute() and not os.access(Path.cwd(), os.W_OK):
+            section.cache_dir = str(Path(tempfile.gettempdir()) / section.cache_dir)
     return cfg
 
 
