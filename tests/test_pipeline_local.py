@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 MEDSSL = str(BIN / "medssl")
 TINY = ["-S", "data.size=tiny", "-S", "data.workers=1", "-S", "validate.workers=1"]
 FAST = ["-S", "train.max_epochs=1", "-S", "train.workers=1", "-S", "evaluate.bootstrap=20"]
+FAST += ["-S", "pretrain.max_steps=2", "-S", "pretrain.workers=1", "-S", "pretrain.tsne_points=0"]
 
 
 def run_local(
@@ -79,6 +80,10 @@ def test_run_local_end_to_end_registers_the_model(tmp_path):
 
     # typed artifacts on disk: the model folder, the Markdown reports, the test metrics
     assert (run_dir / "train" / "model" / "model.pt").is_file()
+    # train_init=checkpoint (params.yaml): pretrain ran and train started from its encoder
+    assert (run_dir / "pretrain" / "encoder" / "encoder.pt").is_file()
+    train_summary = json.loads((run_dir / "train" / "model" / "train.json").read_text())
+    assert train_summary["init"] == "checkpoint"
     assert (run_dir / "validate" / "report").read_text().startswith("# Data validation")
     evaluation = (run_dir / "evaluate" / "report").read_text()
     assert evaluation.startswith("# Evaluation") and "(data:image/png;base64," in evaluation
@@ -104,7 +109,7 @@ def test_run_local_end_to_end_registers_the_model(tmp_path):
     stages = {
         r.data.tags["medssl.stage"]: r for r in runs if r.data.tags.get("medssl.kind") == "stage"
     }
-    assert set(stages) == {"train", "evaluate", "register"}
+    assert set(stages) == {"pretrain", "train", "evaluate", "register"}
     for stage in stages.values():
         assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert stage.info.status == "FINISHED"

@@ -228,3 +228,38 @@ def test_bad_input_is_one_clear_line(tiny_split, tmp_path, capsys):
         "makes an encoder: run it with `medssl pretrain`",
     )
     expect_error(cli(capsys, "pretrain", tiny_split, *args, "-S", "lsd.alpha=0.9"), 2, "lsd.alpha")
+
+
+def test_the_unsupervised_classifier_is_evaluated_registered_and_served(
+    lsd_run, tiny_split, module_store, tmp_path
+):
+    """model.pt of a clustering run is Algorithm 1 as a classifier: its probabilities are the
+    soft labels of the image's cluster, and it registers (abdominal-organs-clusters) and serves
+    like any medssl classifier."""
+    import mlflow
+
+    from medssl.config import RegisterConfig
+    from medssl.models import ClusterClassifier
+    from medssl.stages.register import register
+
+    model, meta = load_model(lsd_run / "model.pt")
+    assert isinstance(model, ClusterClassifier) and meta["method"] == "lsd"
+    ds = Dataset.open(tiny_split)
+    assert meta["classes"] == ds.info.classes and model.num_classes == len(ds.info.classes)
+    clusters = json.loads((lsd_run / "clusters.json").read_text())["clusters"]
+    soft = np.array([list(c["soft_label"].values()) for c in clusters])
+    np.testing.assert_allclose(model.soft_labels.numpy(), soft, atol=1e-6)
+
+    eval_dir = tmp_path / "eval"
+    evaluate(lsd_run, eval_dir, EvaluateConfig(bootstrap=20))
+    name = "abdominal-organs-clusters"
+    result = register(lsd_run, eval_dir, None, RegisterConfig(model_name=name))
+    assert result.version == "1" and result.promoted  # the first version of its own task
+    served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    preds = pd.read_parquet(lsd_run / "predictions.parquet")
+    test = preds[preds["split"] == "test"].reset_index(drop=True)
+    frame = pd.DataFrame({"image": [ds.image_path(p).read_bytes() for p in test["image"]]})
+    out = served.predict(frame)
+    probs = out[[f"{c}_prob" for c in ds.info.classes]].to_numpy()
+    want = test[[f"score_{c}" for c in ds.info.classes]].to_numpy()
+    np.testing.assert_allclose(probs, np.clip(want, 1e-6, 1 - 1e-6), atol=1e-5)

@@ -420,11 +420,13 @@ def _step_output(log_path: Path, verbose: bool) -> Iterator[None]:
 
 
 def _register_outputs(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "register" / "executor_output.json"
-    try:
-        return json.loads(path.read_text()).get("parameterValues", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """The register step's outputs, whichever branch ran it (`register`, `register-2` …)."""
+    for path in sorted(run_dir.glob("register*/executor_output.json")):
+        try:
+            return json.loads(path.read_text()).get("parameterValues", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+    return {}
 
 
 @pipeline_app.command("submit")

@@ -6,6 +6,8 @@ epoch, and the unsupervised classifier of Algorithm 1 (§2.2.3) with its files:
     clusters.json        K, each cluster's size and its soft label (Algorithm 1 on val)
     predictions.parquet  labeled val/test rows scored with their cluster's soft label (the
                          pretrain stage and `medssl evaluate` score it: Table 1 layout)
+    model.pt             that unsupervised classifier (models.ClusterClassifier): evaluate,
+                         register (e.g. as abdominal-organs-clusters) and predict take it
     cluster_sizes.png    the size distribution per epoch (the quantity LSD shapes)
     tsne.png             t-SNE of the features, coloured by cluster and by label combination
 """
@@ -28,13 +30,15 @@ from medssl.engine.context import Context
 from medssl.errors import ConfigError, DataContractError
 from medssl.methods.base import EncoderMethod
 from medssl.metrics.clustering import label_combinations, match_clusters, nmi, purity
-from medssl.models import build_classifier
+from medssl.models import build_classifier, save_model
+from medssl.models.classifier import ClusterClassifier
 from medssl.models.inference import predictions_table
 from medssl.plots import plot_cluster_sizes, plot_embedding
 
 ASSIGNMENTS_FILE = "assignments.parquet"
 CLUSTERS_FILE = "clusters.json"
 SIZES_PLOT = "cluster_sizes.png"
+MODEL_FILE = "model.pt"  # the unsupervised classifier (the train stage's file name)
 TSNE_PLOT = "tsne.png"
 SIZE_PREFIX = "cluster_size/"  # a "/" key: logged and in history.csv, not printed
 
@@ -162,6 +166,7 @@ class ClusteringMethod(EncoderMethod):
             table = predictions_table(self.dataset, scored, self.classes, soft[cluster[scored]])
             write_table(table, out_dir / PREDICTIONS_FILE)
             clusters["development_set"] = "val"
+            save_model(out_dir / MODEL_FILE, *self.unsupervised_classifier(model, soft))
         else:
             soft, dev = None, np.zeros(self.k, dtype=np.int64)
         for k in range(self.k):
@@ -190,6 +195,31 @@ class ClusteringMethod(EncoderMethod):
         if self.cfg.tsne_points:
             self._plot_tsne(model, ctx, cluster, out_dir / TSNE_PLOT)
         return metrics
+
+    def unsupervised_classifier(
+        self, model: nn.Module, soft: np.ndarray
+    ) -> tuple[ClusterClassifier, dict[str, Any]]:
+        """The trained module with Algorithm 1's soft labels as a ClusterClassifier (CPU) and
+        its model.pt meta: `medssl evaluate/register/predict` use it like any classifier."""
+        clf = ClusterClassifier(self.cfg.backbone, self.k, len(self.classes), self.cache.channels)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state["soft_labels"] = torch.from_numpy(soft.astype(np.float32))
+        clf.load_state_dict({k: v for k, v in state.items() if not k.startswith("extra_heads.")})
+        info = self.dataset.info
+        meta = {
+            "method": self.name,
+            "backbone": self.cfg.backbone,
+            "init": "random",
+            "classes": self.classes,
+            "in_channels": self.cache.channels,
+            "image_size": info.image_size,
+            "task": self.task,
+            "dataset": info.name,
+            "dataset_version": info.version,
+            "label_fraction": 0.0,  # no label trained it; Algorithm 1 reads the val labels
+            "development_set": "val",
+        }
+        return clf.eval(), meta
 
     def _plot_tsne(self, model: nn.Module, ctx: Context, cluster: np.ndarray, path: Path) -> None:
         """t-SNE (scikit-learn, after PCA to 50 dims) of up to pretrain.tsne_points images:

@@ -3,6 +3,7 @@
 from medssl.models.backbones import BACKBONES, build_backbone
 from medssl.models.classifier import (
     Classifier,
+    ClusterClassifier,
     Normalize,
     build_classifier,
     load_model,
@@ -12,6 +13,7 @@ from medssl.models.classifier import (
 __all__ = [
     "BACKBONES",
     "Classifier",
+    "ClusterClassifier",
     "Normalize",
     "build_backbone",
     "build_classifier",

@@ -66,6 +66,34 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+class ClusterClassifier(Classifier):
+    """Paper 000 Algorithm 1 as a module, the unsupervised classifier of deep clustering:
+    Normalize → backbone → cluster head g (K outputs) → the soft multi-label target v̂_k of the
+    arg-max cluster k (buffer `soft_labels` [K, C]). It returns logits like every classifier, the
+    log-odds of v̂_k (clipped to [1e-6, 1 - 1e-6]), so sigmoid gives the cluster's soft label."""
+
+    EPS = 1e-6
+
+    def __init__(
+        self, backbone: str, num_clusters: int, num_classes: int, in_channels: int = 1
+    ) -> None:
+        super().__init__(backbone, num_clusters, in_channels)
+        self.register_buffer("soft_labels", torch.zeros(num_clusters, num_classes))
+
+    @property
+    def num_classes(self) -> int:
+        return self.soft_labels.shape[1]
+
+    @property
+    def num_clusters(self) -> int:
+        return self.head.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cluster = self.head(self.features(x)).argmax(dim=1)
+        p = self.soft_labels[cluster].float().clamp(self.EPS, 1 - self.EPS)
+        return torch.logit(p)
+
+
 def build_classifier(
     backbone: str,
     num_classes: int,
@@ -109,6 +137,8 @@ def save_model(path: Path | str, model: nn.Module, meta: Mapping[str, Any]) -> N
     if missing:
         raise ValueError(f"model meta is missing {', '.join(sorted(missing))}")
     meta = {**meta, "num_classes": model.num_classes, "medssl_version": __version__}
+    if isinstance(model, ClusterClassifier):
+        meta["clusters"] = model.num_clusters
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state = {k: v for k, v in state.items() if not k.startswith("extra_heads.")}
     atomic_torch_save(
@@ -120,7 +150,12 @@ def save_model(path: Path | str, model: nn.Module, meta: Mapping[str, Any]) -> N
 def load_model(path: Path | str) -> tuple[Classifier, dict[str, Any]]:
     """(model in eval mode on CPU, meta) from a model.pt written by `save_model`."""
     state, meta = _read_model_file(Path(path))
-    model = Classifier(meta["backbone"], int(meta["num_classes"]), int(meta["in_channels"]))
+    backbone, channels = meta["backbone"], int(meta["in_channels"])
+    classes = int(meta["num_classes"])
+    if meta.get("clusters"):
+        model: Classifier = ClusterClassifier(backbone, int(meta["clusters"]), classes, channels)
+    else:
+        model = Classifier(backbone, classes, channels)
     model.load_state_dict(state)
     return model.eval(), meta
 

@@ -11,7 +11,7 @@ through the one training loop, then write
     pretrain.json        the run's summary (dataset path, encoder.pt's sha256)
     checkpoints/last.pt  the final state (`resume=True` with a larger budget trains on)
     + the method's files (clustering: assignments.parquet, clusters.json, predictions.parquet,
-      cluster_sizes.png, tsne.png)
+      model.pt — Algorithm 1's unsupervised classifier —, cluster_sizes.png, tsne.png)
 
 Like `train`, the folder appears complete or not at all; a running or killed run lives in
 `.<out>.partial/` and `resume=True` continues it exactly. Paper 000 §3.2: Adam, lr 1e-4,
@@ -43,10 +43,10 @@ from medssl.stages.evaluate import (
     score,
 )
 from medssl.stages.train import CHECKPOINT_DIR, HISTORY_FILE, fit_in_staging, write_history
+from medssl.stages.train import PRETRAIN_SUMMARY_FILE as SUMMARY_FILE
 from medssl.tracking.base import NullTracker, Tracker
 
 ENCODER_FILE = "encoder.pt"
-SUMMARY_FILE = "pretrain.json"
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_nmi", "val_purity", "size_entropy"]
 PLOT_SUFFIX = ".png"
 

@@ -43,6 +43,7 @@ from medssl.tracking.base import NullTracker, Tracker
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train.json"
+PRETRAIN_SUMMARY_FILE = "pretrain.json"  # the pretrain stage's summary (stages.pretrain)
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = [
     "epoch",
@@ -216,13 +217,15 @@ def write_history(history: list[dict[str, float]], path: Path, first: list[str])
 
 
 def read_summary(model_dir: Path) -> dict[str, Any]:
-    """A model folder's train.json ({} when it has none or it is unreadable)."""
-    path = Path(model_dir) / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+    """A model folder's train.json, or an encoder folder's pretrain.json ({} when it has
+    neither or it is unreadable)."""
+    for name in (SUMMARY_FILE, PRETRAIN_SUMMARY_FILE):
+        try:
+            summary = json.loads((Path(model_dir) / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        return summary if isinstance(summary, dict) else {}
+    return {}
 
 
 def resume_from_finished(out_dir: Path, staging: Path) -> None:
