@@ -25,6 +25,7 @@ from medssl.stages.split import split
 from medssl.stages.train import train
 
 TRAIN_FAST = ["-S", "train.device=cpu", "-S", "train.max_epochs=1", "-S", "train.batch_exams=2"]
+TRAIN_FAST += ["-S", "train.init=random"]  # params.yaml starts from models/pretrain/encoder.pt
 
 
 def closed_port_uri() -> str:

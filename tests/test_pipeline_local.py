@@ -65,7 +65,8 @@ def all_runs(client) -> list:
 
 @pytest.mark.slow
 def test_run_local_end_to_end_registers_the_model(tmp_path):
-    proc = run_local(tmp_path, *TINY, *FAST)
+    # the pretrain branch (params.yaml's train_init; the built-in default is random)
+    proc = run_local(tmp_path, *TINY, *FAST, "-S", "train.init=checkpoint")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "registered version 1 (promoted): models:/abdominal-organs/1" in proc.stdout
@@ -80,7 +81,7 @@ def test_run_local_end_to_end_registers_the_model(tmp_path):
 
     # typed artifacts on disk: the model folder, the Markdown reports, the test metrics
     assert (run_dir / "train" / "model" / "model.pt").is_file()
-    # train_init=checkpoint (params.yaml): pretrain ran and train started from its encoder
+    # train_init=checkpoint: pretrain ran and train started from its encoder
     assert (run_dir / "pretrain" / "encoder" / "encoder.pt").is_file()
     train_summary = json.loads((run_dir / "train" / "model" / "train.json").read_text())
     assert train_summary["init"] == "checkpoint"

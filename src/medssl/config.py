@@ -201,13 +201,14 @@ class Params(Section):
     predict: PredictConfig = Field(default_factory=PredictConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    _methods: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    # every method's section (its defaults unless load_params read one)
+    _methods: dict[str, BaseModel] = PrivateAttr(
+        default_factory=lambda: {name: model() for name, model in method_sections().items()}
+    )
 
     def method_params(self, method: str) -> BaseModel | None:
         """The typed hyperparameters of `method` (its params.yaml section), None when it
         declares none."""
-        if not self._methods:
-            self._methods = {name: model() for name, model in method_sections().items()}
         return self._methods.get(method)
 
     def dump(self) -> dict[str, Any]:

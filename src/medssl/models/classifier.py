@@ -114,6 +114,11 @@ def build_classifier(
         if weights is None:
             raise ConfigError("train.init=checkpoint needs train.weights = a medssl model.pt")
         path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(
+                f"train.weights {path}: not found (run `medssl pretrain DATASET --out "
+                f"{path.parent}` first, or start from scratch: -S train.init=random)"
+            )
         state, meta = _read_model_file(path)
         if meta.get("backbone") != backbone:
             raise ConfigError(
