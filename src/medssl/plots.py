@@ -53,7 +53,8 @@ def plot_embedding(
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.6), squeeze=False)
     for ax, (panel, (codes, names)) in zip(axes.ravel(), colourings.items(), strict=True):
         unknown = codes < 0
-        ax.scatter(xy[unknown, 0], xy[unknown, 1], s=3, c="#d9d9d9", label="unlabeled")
+        if unknown.any():
+            ax.scatter(xy[unknown, 0], xy[unknown, 1], s=3, c="#d9d9d9", label="unlabeled")
         cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
         for code, name in enumerate(names):
             sel = codes == code
