@@ -230,6 +230,28 @@ def main() -> None:
     print(markdown(results, comparisons))
 
 
+def table1(results: dict, methods: list[str]) -> list[str]:
+    """Paper 000 Table 1 layout: per class and weighted, best and mean over seeds, in %."""
+    runs = {m: [r for k, r in results["clustering"].items() if k.startswith(f"{m}-s")]
+            for m in methods}  # fmt: skip
+    classes = list(next(iter(runs.values()))[0]["metrics"]["per_class"])
+    head = "| metric | method | " + " | ".join(f"{c} best | {c} mean" for c in classes)
+    lines = [head + " | weighted best | weighted mean |", "|---" * (2 + 2 * len(classes) + 2) + "|"]
+    for metric in ("f1", "precision", "recall"):
+        for m in methods:
+            cells = []
+            for c in classes:
+                values = [100 * r["metrics"]["per_class"][c][metric] for r in runs[m]]
+                cells += [f"{max(values):.1f}", f"{np.mean(values):.1f}"]
+            w = [100 * r["metrics"][f"test_{metric}_weighted"] for r in runs[m]]
+            cells += [f"{max(w):.1f}", f"{np.mean(w):.1f}"]
+            lines.append(f"| {metric} | {m} | " + " | ".join(cells) + " |")
+    support = next(iter(runs.values()))[0]["metrics"]["per_class"]
+    lines.append("| nlabels | | " + " | ".join(f"{support[c]['support']} | " for c in classes)
+                 + f" {sum(support[c]['support'] for c in classes)} | |")  # fmt: skip
+    return lines
+
+
 def markdown(results: dict, comparisons: dict) -> str:
     lines = ["| unsupervised classifier | test weighted F1 | precision | recall | NMI | purity |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -247,6 +269,12 @@ def markdown(results: dict, comparisons: dict) -> str:
     lines += ["", "| paired difference (mean over seeds) | Δ weighted F1 [95 % CI] |", "|---|---|"]
     for name, c in comparisons.items():
         lines.append(f"| {name} | {ci_text(c)} |")
+    methods = [
+        m for m in ("lsd", "pica") if any(k.startswith(f"{m}-s") for k in results["clustering"])
+    ]
+    if methods:
+        lines += ["", "Paper 000 Table 1 layout (test, %, best and mean over seeds):", ""]
+        lines += table1(results, methods)
     lines += ["", "cluster sizes (largest first, share of images):"]
     for name, r in results["clustering"].items():
         lines.append(f"- {name}: " + " ".join(f"{s:.2f}" for s in r["sizes"]))
