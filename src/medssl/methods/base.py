@@ -98,6 +98,26 @@ class DatasetMethod(Method):
     def eval_batch_size(self) -> int:
         return 4 * self.cfg.max_batch_images
 
+    def model_meta(self, init: str, **extra: Any) -> dict[str, Any]:
+        """The meta of a model file this method writes (medssl.models.save_model): `extra` may
+        set product, classes and task and adds its other keys at the end (the key order is the
+        file's: the same model gives the same bytes)."""
+        info = self.dataset.info
+        product = {"product": extra.pop("product")} if "product" in extra else {}
+        meta = {
+            "method": self.name,
+            **product,
+            "backbone": self.cfg.backbone,
+            "init": init,
+            "classes": extra.pop("classes", self.classes),
+            "in_channels": self.cache.channels,
+            "image_size": info.image_size,
+            "task": extra.pop("task", self.task),
+            "dataset": info.name,
+            "dataset_version": info.version,
+        }
+        return {**meta, **extra}
+
 
 class MultilabelMethod(DatasetMethod):
     """A method whose product is a multi-label classifier validated by weighted F1."""
@@ -164,19 +184,7 @@ class MultilabelMethod(DatasetMethod):
     def export(self, model: nn.Module) -> tuple[Classifier, dict[str, Any]]:
         """The classifier to save as model.pt and its meta."""
         assert isinstance(model, Classifier)
-        info = self.dataset.info
-        meta = {
-            "method": self.name,
-            "backbone": self.cfg.backbone,
-            "init": self.cfg.init,
-            "classes": self.classes,
-            "in_channels": self.cache.channels,
-            "image_size": info.image_size,
-            "task": self.task,
-            "dataset": info.name,
-            "dataset_version": info.version,
-            "label_fraction": self.cfg.label_fraction,
-        }
+        meta = self.model_meta(self.cfg.init, label_fraction=self.cfg.label_fraction)
         return model, meta
 
 
@@ -232,19 +240,12 @@ class EncoderMethod(DatasetMethod):
     def export(self, model: nn.Module) -> tuple[Classifier, dict[str, Any]]:
         """The module to save as encoder.pt and its meta (medssl.models.save_model format)."""
         assert isinstance(model, Classifier)
-        info = self.dataset.info
-        meta = {
-            "method": self.name,
-            "product": self.product,
-            "backbone": self.cfg.backbone,
-            "init": "random",
-            "classes": [f"cluster_{k}" for k in range(model.num_classes)],
-            "in_channels": self.cache.channels,
-            "image_size": info.image_size,
-            "task": "encoder",
-            "dataset": info.name,
-            "dataset_version": info.version,
-        }
+        meta = self.model_meta(
+            "random",
+            product=self.product,
+            classes=[f"cluster_{k}" for k in range(model.num_classes)],
+            task="encoder",
+        )
         return model, meta
 
     def write_artifacts(

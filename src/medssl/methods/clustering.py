@@ -205,20 +205,11 @@ class ClusteringMethod(EncoderMethod):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         state["soft_labels"] = torch.from_numpy(soft.astype(np.float32))
         clf.load_state_dict({k: v for k, v in state.items() if not k.startswith("extra_heads.")})
-        info = self.dataset.info
-        meta = {
-            "method": self.name,
-            "backbone": self.cfg.backbone,
-            "init": "random",
-            "classes": self.classes,
-            "in_channels": self.cache.channels,
-            "image_size": info.image_size,
-            "task": self.task,
-            "dataset": info.name,
-            "dataset_version": info.version,
-            "label_fraction": 0.0,  # no label trained it; Algorithm 1 reads the val labels
-            "development_set": "val",
-        }
+        meta = self.model_meta(
+            "random",
+            label_fraction=0.0,  # no label trained it; Algorithm 1 reads the val labels
+            development_set="val",
+        )
         return clf.eval(), meta
 
     def _plot_tsne(self, model: nn.Module, ctx: Context, cluster: np.ndarray, path: Path) -> None:
