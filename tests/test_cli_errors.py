@@ -252,7 +252,14 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(tiny_split, tmp_path):
         "train.checkpoint_every=2",
     )
     proc = subprocess.Popen(
-        [MEDSSL, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [MEDSSL, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a terminal's Ctrl-C: the default SIGINT disposition, even when the test itself runs
+        # as a background job (which inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = tmp_path / ".model.partial" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
