@@ -16,6 +16,7 @@ from medssl.data.contract import Dataset
 from medssl.engine import Trainer
 from medssl.engine.checkpoint import load_checkpoint
 from medssl.errors import ConfigError, DataContractError
+from medssl.method_params import SECTIONS
 from medssl.methods import METHODS, Lsd, Pica
 from medssl.methods.clustering import size_column
 from medssl.methods.pica import LsdParams
@@ -66,6 +67,9 @@ def lsd_run(tiny_split, tmp_path_factory):
 
 def test_pica_and_lsd_are_encoder_methods_with_their_own_sections():
     assert METHODS["pica"] is Pica and METHODS["lsd"] is Lsd
+    # the light registry params.yaml is read with agrees with the methods' own declarations
+    declared = {n: c.Hyperparameters for n, c in METHODS.items() if c.Hyperparameters}
+    assert declared == SECTIONS
     assert Pica.product == Lsd.product == "encoder" and Lsd.monitor is None
     params = load_params(Path(NO_PARAMS), ["lsd.lambda=5", "lsd.alpha=1.3", "pica.clusters=9"])
     assert params.method_params("lsd") == LsdParams(**{"lambda": 5, "alpha": 1.3})

@@ -223,15 +223,11 @@ class Params(Section):
 
 
 def method_sections() -> dict[str, type[BaseModel]]:
-    """{method name: its hyperparameter model} for the methods that declare one: each is a
-    params.yaml section under the method's name (DESIGN.md, "one contract")."""
-    from medssl.methods import METHODS  # late: the methods import this module
+    """{method name: its hyperparameter model}: each is a params.yaml section under the method's
+    name (DESIGN.md, "one contract"); see medssl.method_params."""
+    from medssl.method_params import SECTIONS  # late: it imports this module
 
-    return {
-        name: cls.Hyperparameters
-        for name, cls in METHODS.items()
-        if cls.Hyperparameters is not None
-    }
+    return dict(SECTIONS)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

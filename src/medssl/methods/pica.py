@@ -16,13 +16,12 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field
 from torch import nn
 
-from medssl.config import Section
 from medssl.data.augment import STRONG, WEAK, views
 from medssl.engine.context import Context
 from medssl.engine.method import StepOutput
+from medssl.method_params import LsdParams, PicaParams
 from medssl.methods.clustering import ClusteringMethod
 
 TINY = 1e-12  # floor of a cluster share before its log
@@ -52,24 +51,6 @@ def dirichlet_size_loss(p_tilde: torch.Tensor, alpha: float) -> torch.Tensor:
     a symmetric Dirichlet(α) up to a constant; 0 at α = 1, lowest for balanced Z when α > 1."""
     z = cluster_shares(p_tilde)
     return -(alpha - 1.0) / math.log(z.numel()) * z.clamp_min(TINY).log().sum()
-
-
-class PicaParams(Section):
-    """`pica:` in params.yaml (paper 000 §2.2.1, §3.3.1)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-
-    lambda_: float = Field(2.0, ge=0, alias="lambda", description="weight of the size term (λ)")
-    clusters: int | None = Field(
-        None, ge=2, description="K; null: the label combinations seen on val (§2.2.3)"
-    )
-
-
-class LsdParams(PicaParams):
-    """`lsd:` in params.yaml (paper 000 §2.2.2): α = 1 + ε of the symmetric Dirichlet. The paper
-    gives no ε; 1.1 is this project's default (a λ/α sweep is `medssl tune`'s job)."""
-
-    alpha: float = Field(1.1, ge=1, description="Dirichlet concentration α = 1 + ε (>= 1)")
 
 
 class Pica(ClusteringMethod):

@@ -1,0 +1,34 @@
+"""The methods' own hyperparameters: one typed params.yaml section per method, under its name.
+
+They live here, not in the method modules, so that reading params.yaml (every command does) does
+not import torch and torchvision (seconds per command); each method module imports its model from
+here and names it in `Hyperparameters`, and a test checks that `SECTIONS` and
+`medssl.methods.METHODS` agree.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medssl.config import Section
+
+
+class PicaParams(Section):
+    """`pica:` in params.yaml (paper 000 §2.2.1, §3.3.1)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    lambda_: float = Field(2.0, ge=0, alias="lambda", description="weight of the size term (λ)")
+    clusters: int | None = Field(
+        None, ge=2, description="K; null: the label combinations seen on val (§2.2.3)"
+    )
+
+
+class LsdParams(PicaParams):
+    """`lsd:` in params.yaml (paper 000 §2.2.2): α = 1 + ε of the symmetric Dirichlet. The paper
+    gives no ε; 1.1 is this project's default (a λ/α sweep is `medssl tune`'s job)."""
+
+    alpha: float = Field(1.1, ge=1, description="Dirichlet concentration α = 1 + ε (>= 1)")
+
+
+SECTIONS: dict[str, type[BaseModel]] = {"pica": PicaParams, "lsd": LsdParams}
