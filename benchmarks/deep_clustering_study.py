@@ -162,10 +162,11 @@ def main() -> None:
             decisions.setdefault(method, []).append(pred)
             history = (run / "history.csv").read_text()
             sizes = json.loads((run / "clusters.json").read_text())["clusters"]
+            own = json.loads((run / "metrics.json").read_text())
             results["clustering"][f"{method}-s{seed}"] = {
                 "metrics": metrics,
-                "nmi": json.loads((run / "metrics.json").read_text()).get("test_nmi"),
-                "purity": json.loads((run / "metrics.json").read_text()).get("test_purity"),
+                "nmi": own.get("test_nmi"),
+                "purity": own.get("test_purity"),
                 "sizes": sorted((c["share"] for c in sizes), reverse=True),
                 "epochs": history.count("\n") - 1,
             }
