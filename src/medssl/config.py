@@ -115,7 +115,11 @@ class LoopConfig(Section):
 
     method: str = Field("supervised", description="a name of medssl.methods.METHODS")
     backbone: Literal["resnet18", "resnet50", "vgg16_bn"] = "resnet18"
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="adam (paper 000 §3.2) | sgd with momentum (paper 001 §4)"
+    )
     lr: float = Field(1e-4, gt=0)  # paper 000 §3.2: Adam, fixed learning rate 0.0001
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     weight_decay: float = Field(0.0, ge=0)
     batch_exams: int = Field(4, ge=1, description="t exams per batch (paper 000 §3.2)")
     max_batch_images: int = Field(64, ge=1, description="cap on images per exam batch")

@@ -8,6 +8,8 @@ here and names it in `Hyperparameters`, and a test checks that `SECTIONS` and
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from medssl.config import Section
@@ -31,4 +33,27 @@ class LsdParams(PicaParams):
     alpha: float = Field(1.1, ge=1, description="Dirichlet concentration α = 1 + ε (>= 1)")
 
 
-SECTIONS: dict[str, type[BaseModel]] = {"pica": PicaParams, "lsd": LsdParams}
+class DeepClusterParams(Section):
+    """`deepcluster:` in params.yaml (paper 001 §3-4). The loop's knobs are `pretrain:`'s; the
+    paper's are optimizer sgd, lr 0.05, momentum 0.9, weight_decay 1e-5, max_batch_images 256
+    (the batch size), max_epochs 200, backbone vgg16_bn."""
+
+    clusters: int | None = Field(
+        None, ge=2, description="K; null: overcluster × the label combinations seen (§4)"
+    )
+    overcluster: int = Field(8, ge=1, description="K = overcluster × classes (paper: 8)")
+    kmeans_iterations: int = Field(20, ge=1, description="Lloyd iterations per epoch")
+    kmeans: Literal["auto", "faiss", "torch"] = Field(
+        "auto", description="auto: torch on a GPU, faiss-cpu on the CPU"
+    )
+    zscore: bool = Field(True, description="z-score every image on its own (§3)")
+    augment_clustering: bool = Field(
+        True, description="augment the images whose features are clustered too (§3)"
+    )
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "pica": PicaParams,
+    "lsd": LsdParams,
+    "deepcluster": DeepClusterParams,
+}

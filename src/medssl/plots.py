@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,35 @@ def plot_embedding(
         ax.set_yticks([])
         if len(names) <= 20:
             ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(
+    history: Sequence[Mapping[str, float]], panels: Mapping[str, str], path: Path, title: str
+) -> None:
+    """One small panel per {title: history key} against the epoch (keys no epoch has are
+    left out), e.g. paper 001 Fig. 2: NMI(t, t−1), NMI vs labels, purity and the CNN loss."""
+    shown = {t: k for t, k in panels.items() if any(k in r for r in history)}
+    if not shown:
+        return
+    plt = _pyplot()
+    cols = min(len(shown), 3)
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, key) in zip(axes.flat, shown.items(), strict=False):
+        points = [(r["epoch"], r[key]) for r in history if key in r and np.isfinite(r[key])]
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, marker="." if len(points) < 40 else None, lw=1.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -49,6 +49,9 @@ STRONG = AugmentSpec(
     noise=0.03,
     cutout=0.3,
 )
+# Paper 001 §3: random rotation and resized crops with random scale and aspect ratio, for
+# training and for the clustering features (the paper gives no ranges: these are ours).
+ROTATE_CROP = AugmentSpec(scale=(0.5, 1.0), rotate=20.0)
 
 
 def to_float(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -4,6 +4,7 @@ from that pair sees exactly the batches an uninterrupted run would have seen."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Protocol, runtime_checkable
@@ -140,3 +141,44 @@ class RandomBatchSampler(EpochSampler):
         perm = self.rows[rng.permutation(len(self.rows))]
         stop = len(perm) - len(perm) % self.batch_size if self.drop_last else len(perm)
         return [perm[s : s + self.batch_size] for s in range(0, stop, self.batch_size)]
+
+
+class UniformLabelSampler(EpochSampler):
+    """Paper 001 §3 (DeepCluster's uniform sampling over pseudo-labels): an epoch is as many
+    images as there are rows, drawn in equal numbers from every non-empty pseudo-label (with
+    replacement from clusters smaller than their share), shuffled, in batches of `batch_size`, so
+    a big cluster cannot swamp the classifier. Before `set_labels` it shuffles the rows."""
+
+    def __init__(
+        self, rows: Sequence[int] | np.ndarray, batch_size: int, seed: int = 0, stream: int = 0
+    ) -> None:
+        super().__init__(seed, stream)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) == 0:
+            raise ValueError("no rows to sample")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.batch_size = batch_size
+        self.labels: np.ndarray | None = None
+
+    def set_labels(self, labels: np.ndarray | None) -> None:
+        """The pseudo-label of every row (aligned with `rows`); batches are drawn anew."""
+        if labels is not None and len(labels) != len(self.rows):
+            raise ValueError("one pseudo-label per row is needed")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self._cached = None
+
+    def make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        n = len(self.rows)
+        if self.labels is None:
+            order = rng.permutation(n)
+        else:
+            clusters, inverse, counts = np.unique(
+                self.labels, return_inverse=True, return_counts=True
+            )
+            members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+            share = math.ceil(n / len(clusters))
+            picks = [rng.choice(m, share, replace=len(m) < share) for m in members]
+            order = rng.permutation(np.concatenate(picks))[:n]
+        picked = self.rows[order]
+        return [picked[s : s + self.batch_size] for s in range(0, n, self.batch_size)]

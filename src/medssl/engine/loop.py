@@ -1,15 +1,16 @@
 """THE training loop: every method trains through `Trainer.fit`.
 
 The loop owns the device (cfg.device, auto → cuda when available), bf16 autocast on CUDA
-(cfg.amp), channels_last (cfg.channels_last), Adam (paper 000 §3.2: lr 1e-4), checkpoints every
-cfg.checkpoint_every steps and at the end (model, optimizer, stream positions, method state, every
-RNG, early-stopping state, history — one file, snapshotted to the CPU at the step and written
-atomically by a background thread), exact resume, validation and
-early stopping once per epoch (cfg.patience, best epoch's weights restored at the end), a step
-budget (cfg.max_steps) instead of epochs, a progress bar and metrics streamed to a tracker.
+(cfg.amp), channels_last (cfg.channels_last), the optimizer (cfg.optimizer: Adam, paper 000
+§3.2, or SGD with momentum, paper 001 §4), checkpoints every cfg.checkpoint_every steps and at the
+end (model, optimizer, stream positions, method state, every RNG, early-stopping state, history —
+one file, snapshotted to the CPU at the step and written atomically by a background thread), exact
+resume, validation and early stopping once per epoch (cfg.patience, best epoch's weights restored
+at the end), a step budget (cfg.max_steps) instead of epochs, a progress bar and metrics streamed
+to a tracker.
 
 One step: one batch of rows from every stream → method.make_batch (load + augment on the
-device) → method.loss under autocast → backward → Adam step → method.after_step.
+device) → method.loss under autocast → backward → optimizer step → method.after_step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ RESUME_KEYS = (
     "backbone",
     "init",
     "weights",
+    "optimizer",
     "lr",
+    "momentum",
     "weight_decay",
     "batch_exams",
     "max_batch_images",
@@ -103,6 +106,19 @@ class FitResult:
     resumed_from_step: int | None = None
 
 
+def make_optimizer(
+    cfg: LoopConfig, params: Iterable[torch.Tensor] | list[dict[str, Any]], device: torch.device
+) -> torch.optim.Optimizer:
+    """cfg.optimizer at a fixed learning rate: Adam (paper 000 §3.2: lr 1e-4) or SGD with
+    momentum (paper 001 §4: lr 0.05, momentum 0.9, weight decay 1e-5)."""
+    fused = True if device.type == "cuda" else None  # one kernel per update on GPU
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
+        )
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
 class Trainer:
     """Train `method` under `cfg`. `checkpoint_dir` None disables checkpoints (and resume).
     `fingerprint` is extra plain data that must match on resume (e.g. the dataset's hash)."""
@@ -148,12 +164,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         seed_everything(cfg.seed)
         model = ctx.prepare(self.method.build_model(ctx))
-        self.optimizer = torch.optim.Adam(  # paper 000 §3.2: Adam, fixed learning rate
-            self.method.optimizer_params(model),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            fused=True if ctx.device.type == "cuda" else None,  # one kernel per update on GPU
-        )
+        self.optimizer = make_optimizer(cfg, self.method.optimizer_params(model), ctx.device)
         self.model = model
         self.streams = self.method.streams()
         if not self.streams:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from medssl.engine.method import Method, StepOutput
 from medssl.errors import ConfigError
 from medssl.methods.base import EncoderMethod, MultilabelMethod
+from medssl.methods.deepcluster import DeepCluster
 from medssl.methods.pica import Lsd, Pica
 from medssl.methods.supervised import Supervised
 
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     Supervised.name: Supervised,
     Pica.name: Pica,
     Lsd.name: Lsd,
+    DeepCluster.name: DeepCluster,
 }
 
 
@@ -38,6 +40,7 @@ def _a(noun: str) -> str:
 
 __all__ = [
     "METHODS",
+    "DeepCluster",
     "EncoderMethod",
     "Lsd",
     "Method",

@@ -254,3 +254,7 @@ class EncoderMethod(DatasetMethod):
         """Write the method's own files into `out_dir` (the run's staging folder) and return
         the numbers for metrics.json."""
         return {}
+
+    def table(self, metrics: dict[str, Any]) -> str | None:
+        """The method's own result table for table.txt (a paper's layout), or None."""
+        return None

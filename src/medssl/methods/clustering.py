@@ -27,7 +27,7 @@ from medssl.config import PretrainConfig
 from medssl.data.cache import ImageCache
 from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
 from medssl.engine.context import Context
-from medssl.errors import ConfigError, DataContractError
+from medssl.errors import DataContractError
 from medssl.methods.base import EncoderMethod
 from medssl.metrics.clustering import label_combinations, match_clusters, nmi, purity
 from medssl.models import build_classifier, save_model
@@ -61,15 +61,6 @@ class ClusteringMethod(EncoderMethod):
     ) -> None:
         super().__init__(cfg, dataset, cache, hparams)
         self.k = self._num_clusters()
-        batches = self.streams()["unlabeled"]
-        sizes = [len(b) for b in batches.batches(0)]  # type: ignore[attr-defined]
-        typical = int(np.median(sizes))
-        if self.k > typical:
-            raise ConfigError(
-                f"{self.name}: K={self.k} clusters but a batch holds {typical} images (median): "
-                f"the cluster columns cannot be told apart; raise pretrain.batch_exams or "
-                f"pretrain.max_batch_images, or lower {self.name}.clusters"
-            )
         self._counts: torch.Tensor | None = None  # argmax counts of this epoch's images
 
     def _num_clusters(self) -> int:
@@ -118,13 +109,19 @@ class ClusteringMethod(EncoderMethod):
         logits = self.outputs(model, ctx, rows, self.k)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
-    def validate(self, model: nn.Module, ctx: Context) -> dict[str, float]:
-        """The epoch's cluster sizes (training images), their normalised entropy, and NMI and
-        purity of the val assignments against the label combinations."""
+    def size_metrics(self) -> dict[str, float]:
+        """The epoch's cluster sizes (shares of its training images) and their entropy
+        normalised by log K (1: uniform)."""
         sizes = self.epoch_sizes()
         out = {size_column(k): float(s) for k, s in enumerate(sizes)}
         nz = sizes[sizes > 0]
         out["size_entropy"] = float(-(nz * np.log(nz)).sum() / np.log(self.k))
+        return out
+
+    def validate(self, model: nn.Module, ctx: Context) -> dict[str, float]:
+        """The epoch's cluster sizes (training images), their normalised entropy, and NMI and
+        purity of the val assignments against the label combinations."""
+        out = self.size_metrics()
         if len(self.val_rows):
             clusters = self.cluster_probs(model, ctx, self.val_rows).argmax(axis=1)
             combos = label_combinations(self.targets[self.val_rows])
@@ -201,8 +198,17 @@ class ClusteringMethod(EncoderMethod):
     ) -> tuple[ClusterClassifier, dict[str, Any]]:
         """The trained module with Algorithm 1's soft labels as a ClusterClassifier (CPU) and
         its model.pt meta: `medssl evaluate/register/predict` use it like any classifier."""
-        clf = ClusterClassifier(self.cfg.backbone, self.k, len(self.classes), self.cache.channels)
+        head, l2 = self.cluster_head(model)
+        clf = ClusterClassifier(
+            self.cfg.backbone,
+            self.k,
+            len(self.classes),
+            self.cache.channels,
+            getattr(model, "input_norm", "dataset"),
+            l2_features=l2,
+        )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state.update(head)
         state["soft_labels"] = torch.from_numpy(soft.astype(np.float32))
         clf.load_state_dict({k: v for k, v in state.items() if not k.startswith("extra_heads.")})
         meta = self.model_meta(
@@ -211,6 +217,11 @@ class ClusteringMethod(EncoderMethod):
             development_set="val",
         )
         return clf.eval(), meta
+
+    def cluster_head(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
+        """The exported classifier's cluster head: state-dict entries replacing the trained
+        module's (none: its own head) and whether it reads ℓ2-normalised features."""
+        return {}, False
 
     def _plot_tsne(self, model: nn.Module, ctx: Context, cluster: np.ndarray, path: Path) -> None:
         """t-SNE (scikit-learn, after PCA to 50 dims) of up to pretrain.tsne_points images:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medssl import __version__
@@ -28,6 +29,7 @@ from medssl.models.backbones import (
 MODEL_FORMAT = "medssl-model"
 MODEL_VERSION = 1
 Init = Literal["random", "imagenet", "checkpoint"]
+InputNorm = Literal["dataset", "image"]
 
 
 class Normalize(nn.Module):
@@ -42,15 +44,37 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class ImageZScore(nn.Module):
+    """Paper 001 §3: every image z-scored with its own mean and standard deviation (instead of
+    the dataset's statistics), so scanner gain and windowing do not matter."""
+
+    EPS = 1e-6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) / (std + self.EPS)
+
+
 class Classifier(nn.Module):
     """Normalize → backbone → `head`. Methods that need more heads on the same backbone (a
-    clustering head, a projection head) put them in `extra_heads` and call `features()`."""
+    clustering head, a projection head) put them in `extra_heads` and call `features()`.
+    `input_norm`: "dataset" (ImageNet statistics, `Normalize`) or "image" (`ImageZScore`)."""
 
-    def __init__(self, backbone: str, num_classes: int, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        in_channels: int = 1,
+        input_norm: InputNorm = "dataset",
+    ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.in_channels = in_channels
-        self.normalize = Normalize(*normalization(in_channels))
+        self.input_norm = input_norm
+        self.normalize: nn.Module = (
+            ImageZScore() if input_norm == "image" else Normalize(*normalization(in_channels))
+        )
         self.backbone, self.feature_dim = build_backbone(backbone, in_channels)
         self.head = nn.Linear(self.feature_dim, num_classes)
         self.extra_heads = nn.ModuleDict()
@@ -70,14 +94,23 @@ class ClusterClassifier(Classifier):
     """Paper 000 Algorithm 1 as a module, the unsupervised classifier of deep clustering:
     Normalize → backbone → cluster head g (K outputs) → the soft multi-label target v̂_k of the
     arg-max cluster k (buffer `soft_labels` [K, C]). It returns logits like every classifier, the
-    log-odds of v̂_k (clipped to [1e-6, 1 - 1e-6]), so sigmoid gives the cluster's soft label."""
+    log-odds of v̂_k (clipped to [1e-6, 1 - 1e-6]), so sigmoid gives the cluster's soft label.
+    `l2_features`: the head sees ℓ2-normalised features (a nearest-centroid head: k-means
+    clusters of DeepCluster, paper 001 §3)."""
 
     EPS = 1e-6
 
     def __init__(
-        self, backbone: str, num_clusters: int, num_classes: int, in_channels: int = 1
+        self,
+        backbone: str,
+        num_clusters: int,
+        num_classes: int,
+        in_channels: int = 1,
+        input_norm: InputNorm = "dataset",
+        l2_features: bool = False,
     ) -> None:
-        super().__init__(backbone, num_clusters, in_channels)
+        super().__init__(backbone, num_clusters, in_channels, input_norm)
+        self.l2_features = l2_features
         self.register_buffer("soft_labels", torch.zeros(num_clusters, num_classes))
 
     @property
@@ -89,7 +122,8 @@ class ClusterClassifier(Classifier):
         return self.head.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cluster = self.head(self.features(x)).argmax(dim=1)
+        f = self.features(x)
+        cluster = self.head(F.normalize(f, dim=1) if self.l2_features else f).argmax(dim=1)
         p = self.soft_labels[cluster].float().clamp(self.EPS, 1 - self.EPS)
         return torch.logit(p)
 
@@ -101,16 +135,14 @@ def build_classifier(
     *,
     init: Init = "random",
     weights: str | Path | None = None,
+    input_norm: InputNorm = "dataset",
 ) -> Classifier:
     """A classifier whose backbone is random, ImageNet (a local file: see
     `find_imagenet_weights`) or the backbone of a medssl model.pt (`init="checkpoint"`, paper 000
-    §2.2.4: keep f_θ, replace the head). Seed torch before calling for a reproducible init."""
-    model = Classifier(backbone, num_classes, in_channels)
-    if init == "imagenet":
-        path = find_imagenet_weights(backbone, weights)
-        state = adapt_state_dict(read_state_dict(path), backbone, in_channels)
-        load_backbone_state(model.backbone, state, str(path))
-    elif init == "checkpoint":
+    §2.2.4: keep f_θ, replace the head; the checkpoint's input normalisation comes with it).
+    Seed torch before calling for a reproducible init."""
+    backbone_state: dict[str, torch.Tensor] | None = None
+    if init == "checkpoint":
         if weights is None:
             raise ConfigError("train.init=checkpoint needs train.weights = a medssl model.pt")
         path = Path(weights)
@@ -126,9 +158,16 @@ def build_classifier(
             )
         prefix = "backbone."
         backbone_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        load_backbone_state(model.backbone, backbone_state, str(path))
-    elif init != "random":
+        input_norm = meta.get("input_norm", "dataset")  # the inputs f_θ learned from
+    elif init not in ("random", "imagenet"):
         raise ConfigError(f"unknown init {init!r} (known: random, imagenet, checkpoint)")
+    model = Classifier(backbone, num_classes, in_channels, input_norm)
+    if init == "imagenet":
+        path = find_imagenet_weights(backbone, weights)
+        state = adapt_state_dict(read_state_dict(path), backbone, in_channels)
+        load_backbone_state(model.backbone, state, str(path))
+    elif backbone_state is not None:
+        load_backbone_state(model.backbone, backbone_state, str(weights))
     return model
 
 
@@ -142,8 +181,12 @@ def save_model(path: Path | str, model: nn.Module, meta: Mapping[str, Any]) -> N
     if missing:
         raise ValueError(f"model meta is missing {', '.join(sorted(missing))}")
     meta = {**meta, "num_classes": model.num_classes, "medssl_version": __version__}
+    if model.input_norm != "dataset":
+        meta["input_norm"] = model.input_norm
     if isinstance(model, ClusterClassifier):
         meta["clusters"] = model.num_clusters
+        if model.l2_features:
+            meta["l2_features"] = True
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state = {k: v for k, v in state.items() if not k.startswith("extra_heads.")}
     atomic_torch_save(
@@ -156,11 +199,18 @@ def load_model(path: Path | str) -> tuple[Classifier, dict[str, Any]]:
     """(model in eval mode on CPU, meta) from a model.pt written by `save_model`."""
     state, meta = _read_model_file(Path(path))
     backbone, channels = meta["backbone"], int(meta["in_channels"])
-    classes = int(meta["num_classes"])
+    classes, norm = int(meta["num_classes"]), meta.get("input_norm", "dataset")
     if meta.get("clusters"):
-        model: Classifier = ClusterClassifier(backbone, int(meta["clusters"]), classes, channels)
+        model: Classifier = ClusterClassifier(
+            backbone,
+            int(meta["clusters"]),
+            classes,
+            channels,
+            norm,
+            l2_features=bool(meta.get("l2_features")),
+        )
     else:
-        model = Classifier(backbone, classes, channels)
+        model = Classifier(backbone, classes, channels, norm)
     model.load_state_dict(state)
     return model.eval(), meta
 

@@ -124,6 +124,8 @@ def pretrain(
         write_history(fit.history, tmp / HISTORY_FILE, HISTORY_COLUMNS)
         with trainer.ctx.inference(trainer.model, autocast=False):
             metrics = method.write_artifacts(trainer.model, trainer.ctx, tmp, fit.history)
+        # table.txt: the method's own table (paper 001 Table 1 layout …), then Algorithm 1's
+        tables = [t for t in [method.table(metrics)] if t]
         if (tmp / PREDICTIONS_FILE).is_file():
             # the unsupervised classifier (Algorithm 1), scored exactly like `medssl evaluate`
             classes, splits = read_predictions(tmp / PREDICTIONS_FILE)
@@ -131,7 +133,9 @@ def pretrain(
             scored = score(classes, splits["val"], splits["test"], ecfg)
             metrics = {**metrics, **scored.metrics}
             table = EvaluateResult(tmp, scored.metrics, bootstrap=ecfg.bootstrap, ci=ecfg.ci)
-            (tmp / TABLE_FILE).write_text(format_table(table) + "\n")
+            tables.append(format_table(table))
+        if tables:
+            (tmp / TABLE_FILE).write_text("\n\n".join(tables) + "\n")
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         result = PretrainResult(
             out_dir=out_dir,
