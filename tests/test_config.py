@@ -21,6 +21,7 @@ def test_repo_params_yaml_matches_the_models():
         "pretrain",
         "pica",
         "lsd",
+        "deepcluster",
         "train",
         "evaluate",
         "register",

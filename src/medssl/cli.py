@@ -107,10 +107,16 @@ def config_show(set_: SetOption = None, params: ParamsOption = DEFAULT_PARAMS) -
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
-    kind: Annotated[str | None, typer.Option(help="Archive kind (default: data.kind).")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="abdominal-us | cardiac-mr (default: data.kind).")
+    ] = None,
     size: Annotated[
         str | None,
-        typer.Option(help="tiny (~300 img, 32 px) | small (~5k, 64 px) | paper (89,830, 128 px)."),
+        typer.Option(
+            help="abdominal-us: tiny (~300 img, 32 px) | small (~5k, 64 px) | paper (89,830, "
+            "128 px); cardiac-mr: tiny (~300, 32 px) | small (~4k, 13 classes, 64 px) | small-3 "
+            "(~3k, LA 2/3/4ch, 64 px) | paper (23,943, 128 px) | paper-3 (47,637, 128 px)."
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: data.seed).")] = None,
     workers: Annotated[

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from medssl.errors import ConfigError
 
@@ -23,13 +24,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# `data.size` values of each `data.kind` (the SIZES of medssl.data.synth.archive and .cardiac;
+# tests keep them in agreement)
+SYNTH_SIZES: dict[str, tuple[str, ...]] = {
+    "abdominal-us": ("tiny", "small", "paper"),
+    "cardiac-mr": ("tiny", "small", "small-3", "paper", "paper-3"),
+}
+
+
 class DataConfig(Section):
     """`medssl data synth`: the generated archive."""
 
-    kind: Literal["abdominal-us"] = "abdominal-us"
-    size: Literal["tiny", "small", "paper"] = "small"
+    kind: Literal["abdominal-us", "cardiac-mr"] = "abdominal-us"
+    size: str = Field("small", description="a size of the kind (SYNTH_SIZES)")
     seed: int = 0
     workers: int = Field(0, ge=0, description="processes for image writing; 0 = all cores")
+    metadata_error: float = Field(
+        0.15, ge=0, le=1, description="cardiac-mr: share of series with a wrong header"
+    )
+
+    @model_validator(mode="after")
+    def _check_size(self) -> DataConfig:
+        sizes = SYNTH_SIZES[self.kind]
+        if self.size not in sizes:
+            # a custom error: no "Value error, " prefix; `field` names the key (see _one_line)
+            raise PydanticCustomError(
+                "size_of_kind",
+                f"{self.size!r} is not one of the {self.kind} sizes: {', '.join(sizes)}",
+                {"field": "size"},
+            )
+        return self
 
 
 class IngestConfig(Section):
@@ -323,7 +347,9 @@ def load_params(
 def _one_line(exc: ValidationError, known: list[str], prefix: str = "") -> str:
     """The first validation error as one line naming the key (`known`: the valid keys)."""
     err = exc.errors()[0]
-    key = prefix + ".".join(str(p) for p in err["loc"])
+    # a model validator's error names its field in ctx["field"] (its loc is the model's)
+    field = (err.get("ctx") or {}).get("field")
+    key = prefix + ".".join(str(p) for p in (*err["loc"], *([field] if field else [])))
     if err["type"] == "extra_forbidden":
         section = key.split(".")[0]
         shown = [k for k in known if k.startswith(f"{section}.")] or [

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medssl.config import DataConfig, SplitConfig
-from medssl.data.synth.archive import plan_archive, write_archive
+from medssl.data.synth.archive import ArchivePlan, plan_archive, write_archive
+from medssl.data.synth.cardiac import CardiacPlan, plan_cardiac, write_cardiac
 
 
 @dataclass
@@ -22,9 +23,15 @@ def synth(
     out_dir: Path, data: DataConfig, split: SplitConfig, progress: bool = True
 ) -> SynthResult:
     """Plan and render a `data.kind` archive of `data.size` into `out_dir` (replaced atomically).
-    Splits follow `split.fractions` (default: paper 000's 94.6/3.0/1.0/1.4 %)."""
-    plan = plan_archive(data.size, data.seed, split.fractions)
-    write_archive(plan, Path(out_dir), workers=data.workers, progress=progress)
+    Splits follow `split.fractions` (default: paper 000's 94.6/3.0/1.0/1.4 %). Kinds:
+    `abdominal-us` (archive.py, paper 000) and `cardiac-mr` (cardiac.py, paper 001)."""
+    plan: ArchivePlan | CardiacPlan
+    if data.kind == "cardiac-mr":
+        plan = plan_cardiac(data.size, data.seed, split.fractions, data.metadata_error)
+        write_cardiac(plan, Path(out_dir), workers=data.workers, progress=progress)
+    else:
+        plan = plan_archive(data.size, data.seed, split.fractions)
+        write_archive(plan, Path(out_dir), workers=data.workers, progress=progress)
     m = plan.manifest
     return SynthResult(
         out_dir=Path(out_dir),

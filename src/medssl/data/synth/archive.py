@@ -12,10 +12,11 @@ byte-identical for a given seed and size whatever the number of worker processes
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,13 +111,19 @@ class ArchivePlan:
 
     def render(self, row: int) -> np.ndarray:
         """The pixels of manifest row `row`, exactly as `write_archive` writes them."""
-        exam, image = int(self.exam_index[row]), int(self.image_index[row])
-        return render_image(
-            frame_rng(self.seed, exam, image),
+        return _render_frame(self.frame_spec(row))
+
+    def frame_spec(self, row: int) -> tuple:
+        """What `_render_frame` needs for row `row` (plain, picklable data)."""
+        exam = int(self.exam_index[row])
+        return (
+            self.seed,
+            exam,
+            int(self.image_index[row]),
             self.organs[row],
             self.styles[exam],
             self.info.image_size,
-            kidney_abnormal=bool(self.kidney_abnormal[row]),
+            bool(self.kidney_abnormal[row]),
         )
 
 
@@ -226,45 +233,68 @@ def _images_per_exam(rng: np.random.Generator, n_exams: int, total: int | None) 
     return counts
 
 
-def _render_exam(args: tuple) -> int:
-    root, seed, exam, style, size, frames = args
-    for image_index, relpath, organs, abnormal in frames:
-        rng = frame_rng(seed, exam, image_index)
-        pixels = render_image(rng, organs, style, size, kidney_abnormal=abnormal)
-        Image.fromarray(pixels).save(Path(root) / relpath, compress_level=6)
-    return len(frames)
+def _render_frame(spec: tuple) -> np.ndarray:
+    seed, exam, image, organs, style, size, abnormal = spec
+    rng = frame_rng(seed, exam, image)
+    return render_image(rng, organs, style, size, kidney_abnormal=abnormal)
 
 
 def write_archive(plan: ArchivePlan, out: Path, workers: int = 0, progress: bool = True) -> Path:
     """Render every image and write the dataset folder. Writes into a temporary sibling and
     renames it at the end, so an interrupted run never leaves a half dataset at `out`
     (fileio.staged_dir)."""
+    specs = [plan.frame_spec(row) for row in range(len(plan.manifest))]
+    return write_frames(
+        out, plan.info, plan.manifest, plan.reports, plan.exam_index, specs, _render_frame,
+        workers=workers, progress=progress,
+    )  # fmt: skip
+
+
+# --- writing any planned archive (shared with cardiac.py) -------------------------------------
+
+
+def write_frames(
+    out: Path,
+    info: DatasetInfo,
+    manifest: pd.DataFrame,
+    reports: pd.DataFrame | None,
+    groups: np.ndarray,
+    specs: Sequence[Any],
+    render: Callable[[Any], np.ndarray],
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write a planned dataset: `render(specs[i])` gives the pixels of manifest row i (saved at
+    its `image` path), then the contract tables. `render` must be a module-level function and
+    the specs plain data (they travel to worker processes); the rows of one `groups` value
+    (an exam) are rendered by one job. Every row's pixels must depend on its spec alone, so the
+    output is byte-identical whatever `workers` is. Staged: complete at `out` or absent."""
     out = Path(out)
     with staged_dir(out) as tmp:
-        _render_into(tmp, plan, workers, progress)
+        paths = manifest["image"].tolist()
+        for folder in sorted({os.path.dirname(p) for p in paths}):
+            (tmp / folder).mkdir(parents=True, exist_ok=True)
+        jobs = [
+            (str(tmp), render, [(paths[i], specs[i]) for i in rows])
+            for _, rows in pd.Series(range(len(paths))).groupby(np.asarray(groups))
+        ]
+        workers = workers or os.cpu_count() or 1
+        bar = tqdm(total=len(paths), unit="img", desc="synth", disable=not progress)
+        if workers == 1:
+            for job in jobs:
+                bar.update(_render_job(job))
+        else:
+            chunks = max(1, len(jobs) // (workers * 16))
+            with ProcessPoolExecutor(workers) as pool:
+                for n in pool.map(_render_job, jobs, chunksize=chunks):
+                    bar.update(n)
+        bar.close()
+        write_dataset(tmp, info, manifest, reports)
     return out
 
 
-def _render_into(tmp: Path, plan: ArchivePlan, workers: int, progress: bool) -> None:
-    for exam_id in plan.manifest["exam_id"].unique():
-        (tmp / IMAGES_DIR / exam_id).mkdir(parents=True, exist_ok=True)
-    size = plan.info.image_size
-    paths = plan.manifest["image"].tolist()
-    jobs = []
-    for exam, rows in pd.Series(range(len(paths))).groupby(plan.exam_index):
-        frames = [
-            (int(plan.image_index[i]), paths[i], plan.organs[i], bool(plan.kidney_abnormal[i]))
-            for i in rows
-        ]
-        jobs.append((str(tmp), plan.seed, int(exam), plan.styles[exam], size, frames))
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(paths), unit="img", desc="synth", disable=not progress)
-    if workers == 1:
-        for job in jobs:
-            bar.update(_render_exam(job))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for n in pool.map(_render_exam, jobs, chunksize=max(1, len(jobs) // (workers * 16))):
-                bar.update(n)
-    bar.close()
-    write_dataset(tmp, plan.info, plan.manifest, plan.reports)
+def _render_job(job: tuple) -> int:
+    root, render, frames = job
+    for relpath, spec in frames:
+        Image.fromarray(render(spec)).save(Path(root) / relpath, compress_level=6)
+    return len(frames)
