@@ -1,9 +1,10 @@
 """Paper 000 Table 1 and §3.3.2 on the generated archive: LSD and PICA deep clustering as
 unsupervised classifiers (Algorithm 1), against the label-prevalence baseline and k-means on raw
 pixels; then fine-tuning from the LSD encoder against random initialisation at 10 % labels.
+DeepCluster (paper 001) runs on the same archive with `--methods lsd pica deepcluster`.
 
     python benchmarks/deep_clustering_study.py --epochs 10 --seeds 0 1 \
-        --out reports/studies/deep-clustering
+        --methods lsd pica deepcluster --out reports/studies/deep-clustering
 
 Power: the archive's default split tests on 7 exams. The study re-splits the `small` archive
 (400 exams) so that test holds ~80 exams and val (Algorithm 1's development set, the threshold
@@ -33,6 +34,7 @@ from medssl.config import (
 from medssl.data.cache import open_cache
 from medssl.data.contract import PREDICTIONS_FILE, Dataset
 from medssl.methods.base import labeled_split_rows, multilabel_targets
+from medssl.methods.deepcluster import DeepCluster
 from medssl.metrics.bootstrap import bootstrap_paired_difference
 from medssl.metrics.clustering import label_combinations, match_clusters, nmi, purity
 from medssl.models.inference import predictions_table
@@ -148,8 +150,11 @@ def main() -> None:
             run = work / f"{method}-s{seed}"
             if not (run / "metrics.json").is_file():
                 log(f"pretrain {method} seed {seed} ({args.epochs} epochs)")
+                # DeepCluster trains with paper 001's loop (SGD 0.05, batches of 256)
+                loop = DeepCluster.paper_loop if method == "deepcluster" else {}
                 cfg = params.pretrain.model_copy(
                     update={
+                        **loop,
                         "method": method,
                         "seed": seed,
                         "max_epochs": args.epochs,

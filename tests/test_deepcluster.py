@@ -3,6 +3,7 @@ method a few epochs on a tiny archive (NMI(t, t−1) logged, purity as a hand co
 nearest-centroid classifier) and an exact resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medssl.config import PretrainConfig
+from conftest import TINY_SPLITS
+from medssl.config import PretrainConfig, load_params
 from medssl.data.cache import open_cache
 from medssl.data.contract import Dataset, label_column
 from medssl.data.samplers import UniformLabelSampler
@@ -21,6 +23,8 @@ from medssl.methods import METHODS, DeepCluster
 from medssl.metrics.clustering import label_combinations, nmi
 from medssl.models import load_model
 from medssl.stages.pretrain import pretrain
+from medssl.stages.split import split
+from medssl.stages.synth import synth
 from test_engine import KillAt, SimulatedKill
 
 
@@ -99,16 +103,27 @@ def _cfg(tmp_path, **overrides) -> PretrainConfig:
 
 
 @pytest.fixture(scope="module")
-def deepcluster_run(tiny_split, tmp_path_factory):
+def cardiac_split(tmp_path_factory):
+    """The tiny cardiac-MR archive (paper 001's 13 categories) through the split stage."""
+    root = tmp_path_factory.mktemp("cardiac")
+    params = load_params(Path("/nonexistent"), [*TINY_SPLITS, "data.kind=cardiac-mr"])
+    synth(root / "archive", params.data, params.split, progress=False)
+    split(root / "archive", root / "splits", params.split)
+    return root / "splits"
+
+
+@pytest.fixture(scope="module")
+def deepcluster_run(cardiac_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("deepcluster")
     hp = DeepCluster.Hyperparameters(overcluster=2)
-    cfg = _cfg(root, tsne_points=40)
-    return pretrain(tiny_split, root / "enc", cfg, hparams=hp, progress=False)
+    cfg = _cfg(root, tsne_points=40, rows="unlabeled+train")
+    return pretrain(cardiac_split, root / "enc", cfg, hparams=hp, progress=False)
 
 
-def test_deepcluster_logs_stability_and_its_purity_is_a_hand_count(deepcluster_run, tiny_split):
+def test_deepcluster_logs_stability_and_its_purity_is_a_hand_count(deepcluster_run, cardiac_split):
     result = deepcluster_run
     out = result.out_dir
+    tiny_split = cardiac_split
     assert METHODS["deepcluster"] is DeepCluster and result.epochs == 3
     history = pd.read_csv(out / "history.csv")
     # NMI(t, t-1) from the second epoch on, the paper's other curves every epoch

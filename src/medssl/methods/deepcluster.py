@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -58,6 +58,14 @@ class DeepCluster(ClusteringMethod):
     name = "deepcluster"
     Hyperparameters = DeepClusterParams
     hparams: DeepClusterParams
+    # paper 001 §4's loop settings (pretrain.* keys; batch 256; the paper trains 200 epochs)
+    paper_loop: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-5,
+        "max_batch_images": 256,
+    }
 
     def __init__(
         self,
