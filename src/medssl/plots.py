@@ -80,6 +80,8 @@ def plot_curves(
     if not shown:
         return
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     cols = min(len(shown), 3)
     rows = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
@@ -90,6 +92,7 @@ def plot_curves(
             ax.plot(x, y, marker="." if len(points) < 40 else None, lw=1.2)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(shown) :]:
