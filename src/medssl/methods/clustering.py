@@ -62,6 +62,10 @@ class ClusteringMethod(EncoderMethod):
         super().__init__(cfg, dataset, cache, hparams)
         self.k = self._num_clusters()
         self._counts: torch.Tensor | None = None  # argmax counts of this epoch's images
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a configuration the method cannot train with (one-line ConfigError)."""
 
     def _num_clusters(self) -> int:
         k = getattr(self.hparams, "clusters", None)

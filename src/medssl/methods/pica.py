@@ -16,13 +16,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
 from torch import nn
 
-from medssl.config import PretrainConfig
 from medssl.data.augment import STRONG, WEAK, views
-from medssl.data.cache import ImageCache
-from medssl.data.contract import Dataset
 from medssl.engine.context import Context
 from medssl.engine.method import StepOutput
 from medssl.errors import ConfigError
@@ -64,17 +60,11 @@ class Pica(ClusteringMethod):
     name = "pica"
     Hyperparameters = PicaParams
 
-    def __init__(
-        self,
-        cfg: PretrainConfig,
-        dataset: Dataset,
-        cache: ImageCache,
-        hparams: BaseModel | None = None,
-    ) -> None:
-        super().__init__(cfg, dataset, cache, hparams)
+    def check(self) -> None:
+        """The PUI compares the K cluster columns of a batch (eq. 1-3): K must not exceed it."""
         sizes = [len(b) for b in self.streams()["unlabeled"].batches(0)]  # type: ignore[attr-defined]
         typical = int(np.median(sizes))
-        if self.k > typical:  # the PUI compares the K cluster columns of a batch (eq. 1-3)
+        if self.k > typical:
             raise ConfigError(
                 f"{self.name}: K={self.k} clusters but a batch holds {typical} images (median): "
                 f"the cluster columns cannot be told apart; raise pretrain.batch_exams or "
