@@ -40,9 +40,12 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["size"] = "tiny"
-    params["train"].update(max_epochs=2, checkpoint_every=5)
-    params["pretrain"].update(max_steps=3, checkpoint_every=5, tsne_points=50)
-    params["evaluate"]["bootstrap"] = 50
+    # the smallest budgets that still write every output DVC expects: one step of each training,
+    # and a t-SNE of 10 images (tsne.png is an output of pretrain, so tsne_points must stay > 0;
+    # t-SNE of 50 images cost up to 30 s of the pretrain stage on 2 busy cores)
+    params["train"].update(max_epochs=1, checkpoint_every=5)
+    params["pretrain"].update(max_steps=1, checkpoint_every=5, tsne_points=10)
+    params["evaluate"]["bootstrap"] = 20
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], tmp_path)
     commit(tmp_path, "init")
@@ -103,15 +106,26 @@ def test_repro_then_nothing_then_queued_experiment(project: Path):
     assert any(p.startswith("reports/evaluate/pr/") and p.endswith(".csv") for p in tracked)
     assert not any(p.endswith((".pt", ".parquet")) for p in tracked)  # DVC's cache holds those
 
+    # a training hyperparameter invalidates the two trainings only, never the data stages nor
+    # pretrain (checked without running: the queued experiment below changes a cheaper one)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["lr"] = 0.001
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert set(json.loads(run(["dvc", "status", "--json"], project))) == {"train", "train-scratch"}
+    run(["git", "checkout", "params.yaml"], project)
+
     # a queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps): its MLflow
-    # runs and model still land in the repository's mlflow.db and mlruns/
-    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001", "-n", "lr3"], project)
+    # runs and model still land in the repository's mlflow.db and mlruns/. It changes the gate's
+    # margin: register must run again (v2), while the upstream stages come from DVC's cache.
+    margin = 0.01
+    run(["dvc", "exp", "run", "--queue", "-S", f"register.margin={margin}", "-n", "m01"], project)
     ran = run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
     for stage in ("synth", "validate", "split", "pretrain"):
         assert f"Running stage '{stage}'" not in ran
+    assert "Running stage 'register'" in ran, ran
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]
-    assert any("lr3" in json.dumps(e) for e in exps), shown
+    assert any("m01" in json.dumps(e) for e in exps), shown
     assert "test_f1_weighted" in json.dumps(exps)
     registered = versions(project)
     assert set(registered) == {"1", "2"}
@@ -120,7 +134,8 @@ def test_repro_then_nothing_then_queued_experiment(project: Path):
     assert second["medssl.gate.champion_source"] == "rescored"  # v1 scored on v2's test split
     challenger = float(second["medssl.gate.challenger_test_f1_weighted"])
     champion = float(second["medssl.gate.champion_test_f1_weighted"])
-    expected = "promoted" if challenger > champion + 0.0 else "refused"
+    assert float(second["medssl.gate.margin"]) == margin  # the queued override reached register
+    expected = "promoted" if challenger > champion + margin else "refused"
     assert second["medssl.gate.decision"] == expected, second["medssl.gate.reason"]
     # the same split, so the rescored champion equals its own recorded number
     assert champion == pytest.approx(float(registered["1"]["medssl.metric.test_f1_weighted"]))
