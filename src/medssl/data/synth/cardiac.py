@@ -31,7 +31,7 @@ import pandas as pd
 from medssl.data.contract import IMAGES_DIR, DatasetInfo, label_column
 from medssl.data.splitting import assign_splits
 from medssl.data.synth.archive import write_frames
-from medssl.data.synth.ultrasound import _upsampler
+from medssl.data.synth.ultrasound import _local, _upsampler
 
 __all__ = [
     "CLASSES",
@@ -555,15 +555,6 @@ class _Canvas:
             dist = np.hypot(x - _F(x0) - t * _F(dx), y - _F(y0) - t * _F(dy))
             alpha = np.clip((_F(r) - dist) * _F(self.n / (1.2 * self.soft)) + 0.5, 0.0, 1.0)
             self._paint(sl, alpha, value, vel)
-
-
-def _local(
-    x: np.ndarray, y: np.ndarray, cx: float, cy: float, ang: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid coordinates in a frame centred at (cx, cy) and rotated by `ang`."""
-    c, s = _F(math.cos(ang)), _F(math.sin(ang))
-    dx, dy = x - _F(cx), y - _F(cy)
-    return dx * c + dy * s, dy * c - dx * s
 
 
 def _at(cx: float, cy: float, ang: float, du: float, dv: float) -> tuple[float, float]:
