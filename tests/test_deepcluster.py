@@ -123,7 +123,6 @@ def deepcluster_run(cardiac_split, tmp_path_factory):
 def test_deepcluster_logs_stability_and_its_purity_is_a_hand_count(deepcluster_run, cardiac_split):
     result = deepcluster_run
     out = result.out_dir
-    tiny_split = cardiac_split
     assert METHODS["deepcluster"] is DeepCluster and result.epochs == 3
     history = pd.read_csv(out / "history.csv")
     # NMI(t, t-1) from the second epoch on, the paper's other curves every epoch
@@ -137,7 +136,7 @@ def test_deepcluster_logs_stability_and_its_purity_is_a_hand_count(deepcluster_r
     assert "paper 001 Table 1 layout" in (out / "table.txt").read_text()
 
     # purity (paper 001 eq. 3) of the test rows, counted by hand from the written files
-    ds = Dataset.open(tiny_split)
+    ds = Dataset.open(cardiac_split)
     assignments = pd.read_parquet(out / "assignments.parquet")
     cols = [label_column(c) for c in ds.info.classes]
     test = ds.manifest["split"].to_numpy() == "test"

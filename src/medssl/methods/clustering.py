@@ -227,6 +227,10 @@ class ClusteringMethod(EncoderMethod):
         module's (none: its own head) and whether it reads ℓ2-normalised features."""
         return {}, False
 
+    def embedding(self, model: nn.Module, ctx: Context, rows: np.ndarray) -> np.ndarray:
+        """The backbone features of `rows` that the t-SNE shows (float32 [len(rows), D])."""
+        return self.outputs(model, ctx, rows, int(getattr(model, "feature_dim", 0)), fn="features")
+
     def _plot_tsne(self, model: nn.Module, ctx: Context, cluster: np.ndarray, path: Path) -> None:
         """t-SNE (scikit-learn, after PCA to 50 dims) of up to pretrain.tsne_points images:
         the labeled val/test rows first, then random others."""
@@ -241,8 +245,7 @@ class ClusteringMethod(EncoderMethod):
         rows = np.concatenate([labeled, np.sort(extra)]).astype(np.int64)
         if len(rows) < 5:
             return
-        dim = int(getattr(model, "feature_dim", 0))
-        feats = self.outputs(model, ctx, rows, dim, fn="features").astype(np.float64)
+        feats = self.embedding(model, ctx, rows).astype(np.float64)
         feats = PCA(min(50, *feats.shape), random_state=self.cfg.seed).fit_transform(feats)
         perplexity = float(min(30.0, (len(rows) - 1) / 3))
         xy = TSNE(2, perplexity=perplexity, init="pca", random_state=self.cfg.seed).fit_transform(

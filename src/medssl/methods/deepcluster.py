@@ -84,16 +84,17 @@ class DeepCluster(ClusteringMethod):
     def _num_clusters(self) -> int:
         """K = overcluster × the label combinations on the labeled rows (paper 001 §4: 8 × 3 =
         24, 8 × 13 = 104); labels choose K only, they never train."""
+        labeled = ~np.isnan(self.targets).any(axis=1)
+        combos = label_combinations(self.targets[labeled]) if labeled.any() else []
+        self.n_classes = len(np.unique(combos))  # for the table: classes among the labels
         if self.hparams.clusters is not None:
             return int(self.hparams.clusters)
-        labeled = ~np.isnan(self.targets).any(axis=1)
         if not labeled.any():
             raise DataContractError(
                 f"{self.dataset.root}: no labeled rows to count the classes from; "
                 f"set {self.name}.clusters"
             )
-        classes = len(np.unique(label_combinations(self.targets[labeled])))
-        k = self.hparams.overcluster * max(classes, 2)
+        k = self.hparams.overcluster * max(self.n_classes, 2)
         return min(k, len(self.train_rows))
 
     def build_model(self, ctx: Context) -> nn.Module:
@@ -189,6 +190,13 @@ class DeepCluster(ClusteringMethod):
         weight, bias = self._centroid_head()
         return torch.softmax(feats @ weight.T + bias, dim=1).numpy()
 
+    def embedding(self, model: nn.Module, ctx: Context, rows: np.ndarray) -> np.ndarray:
+        """The final ℓ2-normalised features already computed for the clustering (no second
+        pass over the images)."""
+        if self._features is not None:
+            return self._features[rows]
+        return self.features(model, ctx, rows, augmented=False).cpu().numpy()
+
     def _centroid_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         c = torch.from_numpy(np.asarray(self.centroids, dtype=np.float32))
         return 2 * c, -(c * c).sum(dim=1)
@@ -277,13 +285,12 @@ class DeepCluster(ClusteringMethod):
 
     def table(self, metrics: dict[str, Any]) -> str:
         """The result in the layout of paper 001's Table 1."""
-        n_classes = len(np.unique(label_combinations(self.targets[~np.isnan(self.targets).any(1)])))
         header = ("Dataset", "# images", "# classes", "# clusters", "NMI t/t-1", "NMI labels", "CP")
         split = "test" if "test_nmi" in metrics else "val"
         row = (
             self.dataset.info.name,
             f"{len(self.train_rows):,}",
-            str(n_classes),
+            str(self.n_classes),
             str(self.k),
             _fmt(metrics.get("nmi_prev")),
             _fmt(metrics.get(f"{split}_nmi")),
