@@ -26,6 +26,7 @@ def test_repo_params_yaml_matches_the_models():
         "evaluate",
         "register",
         "predict",
+        "tune",
     }
 
 

@@ -215,6 +215,76 @@ class RegisterConfig(Section):
     )
 
 
+class TuneSettings(Section):
+    """What a sweep searches and how it runs (`tune:` in params.yaml, and each of its presets).
+    `space` keys are params.yaml keys (`lsd.lambda`; `pica.lambda,lsd.lambda` sets both to one
+    value); a value is a grid `[a, b, …]`, `uniform(lo, hi)`, `loguniform(lo, hi)`,
+    `randint(lo, hi)`, `choice([a, b])`, or a scalar fixed for every trial."""
+
+    chain: Literal["pretrain", "train", "pretrain-train"] = Field(
+        "pretrain",
+        description="a trial: pretrain (→ Algorithm-1 table) | train → evaluate | "
+        "pretrain → train from its encoder → evaluate",
+    )
+    space: dict[str, Any] = Field(default_factory=dict, description="the search space")
+    seeds: int = Field(1, ge=1, description="every configuration with seeds 0 … n-1")
+    num_samples: int = Field(1, ge=1, description="samples of the random part (grid repeated)")
+    metric: str = Field("val_nmi", description="a trial's final number to rank by")
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="asha: stop bad trials early")
+    scheduler_metric: str | None = Field(
+        None, description="the per-epoch number ASHA compares; null: metric or the chain's own"
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: 1/n of the trials go on per rung")
+    resources: dict[Literal["cpu", "gpu"], float] = Field(
+        default_factory=lambda: {"cpu": 1.0, "gpu": 0.0}, description="per trial"
+    )
+    max_concurrent: int = Field(0, ge=0, description="trials at once; 0: as resources allow")
+    max_failures: int = Field(
+        1, ge=0, description="restarts of a crashed trial (from its checkpoint)"
+    )
+    checkpoints: bool = Field(True, description="report training checkpoints to Ray Tune")
+    plot: dict[Literal["x", "hue"], str] = Field(
+        default_factory=dict, description="box plot: the swept key on x, one box per hue key"
+    )
+
+
+class TuneConfig(TuneSettings):
+    """`medssl tune`: Ray Tune sweeps over any params.yaml keys (docs/tuning.md). The section's
+    own keys are the defaults; a preset (`--preset NAME`) replaces the keys it names."""
+
+    address: str | None = Field(
+        None, description="a Ray cluster's dashboard (http://head:8265): submit as a Ray Job"
+    )
+    storage: str | None = Field(
+        None, description="trial storage: a folder or s3://bucket/prefix; null: OUT/ray"
+    )
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_presets(self) -> TuneConfig:
+        for name, preset in self.presets.items():
+            try:
+                TuneSettings.model_validate(preset)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                raise PydanticCustomError(
+                    "preset", f"preset {name!r}: {key}: {err['msg']}", {"field": "presets"}
+                ) from None
+        return self
+
+    def with_preset(self, name: str | None) -> TuneConfig:
+        """This section with preset `name`'s keys in place of its own (None: as it is)."""
+        if name is None:
+            return self
+        if name not in self.presets:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise ConfigError(f"no tune preset {name!r} in params.yaml (presets: {known})")
+        return TuneConfig.model_validate({**self.model_dump(), **self.presets[name]})
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -227,6 +297,7 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     # every method's section (its defaults unless load_params read one)
@@ -315,6 +386,12 @@ def load_params(
             raise ConfigError(f"{path}: expected a mapping of sections")
     elif required:
         raise ConfigError(f"{path}: params file not found")
+    return build_params(raw, overrides)
+
+
+def build_params(raw: dict[str, Any], overrides: Iterable[str] = ()) -> Params:
+    """Params from a params.yaml mapping (`raw`, any subset of sections) and `section.key=value`
+    overrides, validated (one-line ConfigError)."""
     # Start from the defaults so an override can reach into a default mapping
     # (e.g. -S split.fractions.train=0.5); a file's value replaces the default key by key.
     resolved = Params().dump()

@@ -101,3 +101,51 @@ def plot_curves(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_sweep(frame, x: str, hue: str | None, metric: str, path: Path, title: str) -> None:
+    """A sweep's metric per value of `x` (one box per value of `hue`, side by side; the trials'
+    points on top), as paper 000 Fig. 5 shows weighted F1 per λ for PICA and LSD."""
+    plt = _pyplot()
+    xs = sorted(frame[x].dropna().unique(), key=_sort_key)
+    hues = sorted(frame[hue].dropna().unique(), key=_sort_key) if hue else [None]
+    width = 0.8 / len(hues)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(xs) * len(hues) ** 0.5 + 2), 3.8))
+    cmap = plt.get_cmap("tab10")
+    for j, h in enumerate(hues):
+        rows = frame if h is None else frame[frame[hue] == h]
+        data = [rows[rows[x] == v][metric].dropna().to_numpy() for v in xs]
+        pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+        keep = [i for i, d in enumerate(data) if len(d)]
+        if not keep:
+            continue
+        colour = cmap(j % 10)
+        box = ax.boxplot(
+            [data[i] for i in keep],
+            positions=pos[keep],
+            widths=width * 0.85,
+            patch_artist=True,
+            manage_ticks=False,
+            medianprops={"color": "black"},
+        )
+        for patch in box["boxes"]:
+            patch.set_facecolor(colour)
+            patch.set_alpha(0.45)
+        for i in keep:
+            ax.scatter(np.full(len(data[i]), pos[i]), data[i], s=10, color=colour, zorder=3)
+        ax.plot([], [], color=colour, lw=6, alpha=0.45, label=str(h) if h is not None else None)
+    ax.set_xticks(np.arange(len(xs)))
+    ax.set_xticklabels([f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    if hue:
+        ax.legend(title=hue, fontsize=8, title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _sort_key(value: object) -> tuple[int, float | str]:
+    return (0, float(value)) if isinstance(value, int | float | np.number) else (1, str(value))

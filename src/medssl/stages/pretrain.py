@@ -21,6 +21,7 @@ batches of 16 unlabeled exams, 100 epochs, the last epoch's weights.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 
 from medssl.config import EvaluateConfig, PretrainConfig
 from medssl.data.contract import PREDICTIONS_FILE
-from medssl.engine.loop import CHECKPOINT_FILE
+from medssl.engine.loop import CHECKPOINT_FILE, Callback
 from medssl.fileio import sha256_file
 from medssl.methods import EncoderMethod
 from medssl.models import save_model
@@ -107,15 +108,16 @@ def pretrain(
     progress: bool = True,
     tracker: Tracker | None = None,
     evaluate_cfg: EvaluateConfig | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> PretrainResult:
     """Pre-train, then write the encoder folder, all of it or none of it (see the module doc).
     `hparams`: the method's params.yaml section (None: its defaults); `evaluate_cfg`: the
-    bootstrap settings of the Algorithm-1 table."""
+    bootstrap settings of the Algorithm-1 table; `callbacks`: the loop's (Ray Tune reports)."""
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     run = fit_in_staging(
         "pretrain", "encoder", dataset_dir, out_dir, cfg, hparams,
-        resume=resume, progress=progress, tracker=tracker,
+        resume=resume, progress=progress, tracker=tracker, callbacks=callbacks,
     )  # fmt: skip
     with run as (method, trainer, fit, tmp):
         assert isinstance(method, EncoderMethod) and trainer.model is not None

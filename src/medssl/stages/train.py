@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from medssl.config import LoopConfig, TrainConfig
 from medssl.data.cache import open_cache
 from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
 from medssl.engine.checkpoint import load_checkpoint
-from medssl.engine.loop import CHECKPOINT_FILE, FitResult, Trainer
+from medssl.engine.loop import CHECKPOINT_FILE, Callback, FitResult, Trainer
 from medssl.engine.method import Method
 from medssl.errors import Interrupted
 from medssl.fileio import partial_dir, sha256_file, staged_dir
@@ -105,17 +105,19 @@ def train(
     progress: bool = True,
     tracker: Tracker | None = None,
     hparams: BaseModel | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train, then write the model folder, all of it or none of it: the run works in the
     sibling `.<out>.partial/` (its checkpoints survive a kill or Ctrl-C there), which replaces
     `out_dir` only once every file is written. `resume` continues from the partial run's
     checkpoint, or from a finished run's final one (a finished run is not retrained: its outputs
-    are written again). `hparams`: the method's section of params.yaml (None: its defaults)."""
+    are written again). `hparams`: the method's section of params.yaml (None: its defaults);
+    `callbacks`: the loop's (per-epoch reports to Ray Tune …)."""
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     run = fit_in_staging(
         "train", "classifier", dataset_dir, out_dir, cfg, hparams,
-        resume=resume, progress=progress, tracker=tracker,
+        resume=resume, progress=progress, tracker=tracker, callbacks=callbacks,
     )  # fmt: skip
     with run as (method, trainer, fit, tmp):
         assert isinstance(method, MultilabelMethod) and trainer.model is not None
@@ -176,6 +178,7 @@ def fit_in_staging(
     resume: bool,
     progress: bool,
     tracker: Tracker,
+    callbacks: Sequence[Callback] = (),
 ) -> Iterator[tuple[Method, Trainer, FitResult, Path]]:
     """What `train` and `pretrain` share: the `<stage>.method` (which must make `product`) fitted
     through the one loop in the staging folder `.<out>.partial/` (checkpoints survive a kill
@@ -200,6 +203,7 @@ def fit_in_staging(
             tmp / CHECKPOINT_DIR,
             tracker=tracker,
             progress=progress,
+            callbacks=callbacks,
             fingerprint={"dataset": cache.key},  # hashed once, by open_cache
         )
         try:

@@ -1,0 +1,1077 @@
+"""Tune stage: a Ray Tune sweep over params.yaml keys (medssl.tuning), each trial running the same
+stage functions as the pipeline, then the sweep's tables, plot and best configuration:
+
+    results.csv      one row per trial: its searched values, status, epochs and final numbers
+    summary.md       per configuration: median, quartiles, range and n of the metric; the best
+    best.json        the best configuration (mean of the metric over seeds) as params.yaml keys
+    sweep.png        the metric per value of `plot.x`, one box per `plot.hue` (paper 000 Fig. 5)
+    sweep.json       what ran: space, metric, trials, budget, where the trials are
+    trials/<key>/    each trial's stage folders (pretrain/, train/, eval/) and its MLflow run id
+    ray/             Ray Tune's experiment (trial checkpoints); `--resume` continues it
+
+A trial (`chain`):
+    pretrain         pretrain → the Algorithm-1 table of the clusters (paper 000 Table 1)
+    train            train → evaluate
+    pretrain-train   pretrain → train from its encoder → evaluate
+
+Every epoch is reported to Ray Tune (`ray.tune.report`, with the stage's latest checkpoint), so
+ASHA stops bad trials early and a restarted trial continues from its checkpoint; the final report
+carries the stage's numbers. With MLflow on, the sweep is one run and every trial a child run
+(params, per-epoch and final metrics); the sweep run gets results, summary, plot and best config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medssl.config import Params, TuneConfig, build_params
+from medssl.errors import ConfigError, EnvironmentProblem
+from medssl.fileio import atomic_write_text, partial_dir
+from medssl.tracking.base import NullTracker, Tracker
+from medssl.tuning import (
+    SEED_KEY,
+    Dimension,
+    base_config,
+    build_space,
+    override_texts,
+    trial_name,
+    trial_values,
+    validate_space,
+)
+
+# what a trial reports: every epoch (the scheduler compares these) and at its end
+EPOCH_METRICS = {
+    "pretrain": ("train_loss", "val_nmi", "val_purity", "size_entropy"),
+    "train": ("train_loss", "val_loss", "val_f1_weighted"),
+}
+_ALGORITHM1 = (
+    "test_f1_weighted",
+    "test_precision_weighted",
+    "test_recall_weighted",
+    "test_prevalence_f1_weighted",
+)
+FINAL_METRICS = {
+    "pretrain": (
+        "val_nmi", "val_purity", "test_nmi", "test_purity", "size_entropy",
+        "largest_cluster_share", *_ALGORITHM1,
+    ),
+    "train": ("best_val_f1_weighted", *_ALGORITHM1),
+}  # fmt: skip
+SCHEDULER_METRIC = {"pretrain": "val_nmi", "train": "val_f1_weighted"}
+DONE = "trial_done"  # 1 in a trial's final report
+TRIALS_DIR = "trials"
+RAY_DIR = "ray"
+RUN_ID_FILE = "mlflow_run_id"
+SWEEP_RUN_FILE = "sweep_run_id"
+TRIAL_FILE = "trial.json"
+RESULTS_FILE = "results.csv"
+SUMMARY_FILE = "summary.md"
+BEST_FILE = "best.json"
+PLOT_FILE = "sweep.png"
+SWEEP_FILE = "sweep.json"
+TAG_TRIAL = "medssl.tune.trial"
+TAG_SWEEP = "medssl.tune.sweep"
+
+
+def reported_metrics(chain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(per-epoch, final) numbers a trial of `chain` reports."""
+    if chain == "pretrain":
+        return EPOCH_METRICS["pretrain"], FINAL_METRICS["pretrain"]
+    final = FINAL_METRICS["train"]
+    if chain == "pretrain-train":
+        final = (*final, *(f"pretrain_{k}" for k in FINAL_METRICS["pretrain"]))
+    return EPOCH_METRICS["train"], final
+
+
+def scheduler_metric(cfg: TuneConfig) -> str:
+    epoch, _ = reported_metrics(cfg.chain)
+    if cfg.scheduler_metric:
+        return cfg.scheduler_metric
+    return cfg.metric if cfg.metric in epoch else SCHEDULER_METRIC[_epoch_stage(cfg.chain)]
+
+
+def _epoch_stage(chain: str) -> str:
+    return "pretrain" if chain == "pretrain" else "train"
+
+
+# ---------------------------------------------------------------------------------------------
+# a trial (runs in a Ray worker)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs, besides its config (picklable: it travels to the workers)."""
+
+    dataset: str
+    base: dict[str, Any]
+    dims: tuple[Dimension, ...]
+    chain: str
+    trials_dir: str
+    threads: int
+    checkpoints: bool
+    tracking: dict[str, Any] | None = None  # uri, experiment_id, parent_run_id, tags
+
+
+class _Reporter:
+    """Engine callback: every epoch's numbers to Ray Tune, with the stage's newest checkpoint."""
+
+    def __init__(self, stage: str, checkpoints: bool, report: bool) -> None:
+        self.stage, self.checkpoints, self.report = stage, checkpoints, report
+        self.last: dict[str, float] = {}
+        self._sent_mtime = 0.0
+
+    def on_step_end(self, trainer: Any, output: Any) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> None:
+        self.last = {k: float(v) for k, v in record.items() if "/" not in k}
+        if not self.report:
+            return
+        from ray import tune
+
+        path = trainer.checkpoint_path
+        if not (self.checkpoints and path is not None and path.is_file()):
+            tune.report(self.last)
+            return
+        mtime = path.stat().st_mtime
+        if mtime == self._sent_mtime:
+            tune.report(self.last)
+            return
+        with tempfile.TemporaryDirectory(prefix="medssl-tune-ckpt-") as tmp:
+            try:
+                os.link(path, Path(tmp) / path.name)
+            except OSError:
+                shutil.copy2(path, Path(tmp) / path.name)
+            (Path(tmp) / "stage").write_text(self.stage)
+            tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(tmp))
+        self._sent_mtime = mtime
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune trainable: the trial's config applied to the base config, the chain run in
+    trials/<key>/ (continuing a partial stage or reusing a finished one), final report."""
+    import torch
+    from ray import tune
+
+    dims = list(ctx.dims)
+    values = trial_values(config, dims)
+    params = build_params(dict(ctx.base), override_texts(values))
+    key = trial_key(values)
+    tdir = Path(ctx.trials_dir) / key
+    tdir.mkdir(parents=True, exist_ok=True)
+    name = trial_name(config, dims)
+    atomic_write_text(
+        tdir / TRIAL_FILE, json.dumps({"name": name, "values": values}, indent=2) + "\n"
+    )
+    torch.set_num_threads(max(1, ctx.threads))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _restore_checkpoint(Path(d), tdir)
+    tracker, finish = _trial_tracker(ctx, tdir, name, key, params)
+    try:
+        final = run_chain(ctx.chain, Path(ctx.dataset), tdir, params, tracker, ctx.checkpoints)
+    except BaseException as exc:
+        finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.log_metrics(final)
+    finish("FINISHED")
+    tune.report({**final, DONE: 1.0})
+
+
+def run_chain(
+    chain: str,
+    dataset: Path,
+    tdir: Path,
+    params: Params,
+    tracker: Tracker,
+    checkpoints: bool = True,
+    report: bool = True,
+) -> dict[str, float]:
+    """The trial's stages, each through its stage function; the final numbers (with the last
+    epoch's, so the scheduler's metric is in the final report too)."""
+    from medssl.stages.evaluate import evaluate, flat_metrics
+    from medssl.stages.pretrain import pretrain
+    from medssl.stages.train import train
+
+    out: dict[str, float] = {}
+    if chain in ("pretrain", "pretrain-train"):
+        first = chain == "pretrain"
+        reporter = _Reporter("pretrain", checkpoints, report and first)
+        folder = tdir / "pretrain"
+        metrics = _finished(folder)
+        if metrics is None:
+            result = pretrain(
+                dataset, folder, params.pretrain,
+                hparams=params.method_params(params.pretrain.method),
+                resume=_has_partial(folder), progress=False,
+                tracker=tracker if first else _Prefixed(tracker, "pretrain/"),
+                evaluate_cfg=params.evaluate, callbacks=[reporter],
+            )  # fmt: skip
+            metrics = flat_metrics(result.metrics)
+        if first:
+            return {**reporter.last, **metrics}
+        out = {f"pretrain_{k}": v for k, v in metrics.items()}
+        params = build_params(
+            params.dump(),
+            override_texts(
+                {"train.init": "checkpoint", "train.weights": str(folder / "encoder.pt")}
+            ),
+        )
+    reporter = _Reporter("train", checkpoints, report)
+    folder = tdir / "train"
+    summary_file = folder / "train.json"
+    if not summary_file.is_file():
+        train(
+            dataset, folder, params.train, resume=_has_partial(folder), progress=False,
+            tracker=tracker, hparams=params.method_params(params.train.method),
+            callbacks=[reporter],
+        )  # fmt: skip
+    best = json.loads(summary_file.read_text()).get("best_val_f1_weighted")
+    scored = evaluate(folder, tdir / "eval", params.evaluate, tracker=tracker)
+    out.update(flat_metrics(scored.metrics))
+    if best is not None:
+        out["best_val_f1_weighted"] = float(best)
+    return {**reporter.last, **out}
+
+
+def trial_key(values: Mapping[str, Any]) -> str:
+    """A trial's folder name: the same values, the same folder (a resumed sweep finds it)."""
+    import hashlib
+
+    blob = json.dumps(dict(sorted(values.items())), sort_keys=True, default=str)
+    return "trial-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _finished(folder: Path) -> dict[str, float] | None:
+    from medssl.stages.evaluate import flat_metrics
+
+    if not (folder / "pretrain.json").is_file():
+        return None
+    return flat_metrics(json.loads((folder / "metrics.json").read_text()))
+
+
+def _has_partial(folder: Path) -> bool:
+    return (partial_dir(folder) / "checkpoints" / "last.pt").is_file()
+
+
+def _restore_checkpoint(ckpt: Path, tdir: Path) -> None:
+    """A Ray Tune checkpoint (from another node, or the storage) into the stage's staging
+    folder, unless the local one is there already."""
+    stage_file = ckpt / "stage"
+    if not stage_file.is_file():
+        return
+    target = partial_dir(tdir / stage_file.read_text().strip()) / "checkpoints" / "last.pt"
+    source = ckpt / "last.pt"
+    if source.is_file() and not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+class _Prefixed:
+    """A tracker whose metric names get a prefix (the pretrain half of a pretrain-train trial)."""
+
+    def __init__(self, inner: Tracker, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    @property
+    def run_id(self) -> str | None:
+        return self.inner.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass  # the trial's params are logged once
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path: Path | str) -> None:
+        self.inner.log_artifact(path)
+
+    def log_artifacts(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self.inner.log_artifacts(path, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.inner.set_tags(tags)
+
+
+def _trial_tracker(
+    ctx: TrialContext, tdir: Path, name: str, key: str, params: Params
+) -> tuple[Tracker, Any]:
+    """The trial's child MLflow run under the sweep run (the same run again when a restarted
+    trial continues), and a function that ends it with a status."""
+    if not ctx.tracking:
+        return NullTracker(), lambda status: None
+    from mlflow.exceptions import MlflowException
+
+    from medssl.tracking.runs import TAG_KIND, MlflowTracker, client
+
+    os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking["uri"]
+    mc = client()
+    exp, parent = ctx.tracking["experiment_id"], ctx.tracking["parent_run_id"]
+    id_file = tdir / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else ""
+    if run_id:
+        try:
+            mc.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            run_id = ""
+    if not run_id:
+        run = mc.create_run(
+            exp,
+            run_name=name,
+            tags={
+                **ctx.tracking.get("tags", {}),
+                TAG_KIND: "trial",
+                TAG_TRIAL: key,
+                TAG_SWEEP: parent,
+                "mlflow.parentRunId": parent,
+            },
+        )
+        run_id = run.info.run_id
+        atomic_write_text(id_file, run_id + "\n")
+        tracker = MlflowTracker(mc, run_id, stage="tune", parent_run_id=parent, experiment_id=exp)
+        dump = params.dump()
+        dump.pop("tune", None)
+        tracker.log_params(dump)
+    tracker = MlflowTracker(mc, run_id, stage="tune", parent_run_id=parent, experiment_id=exp)
+
+    def finish(status: str) -> None:
+        with _suppress():
+            mc.set_terminated(run_id, status)
+
+    return tracker, finish
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep (the driver)
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    name: str
+    metric: str
+    mode: str
+    trials: int
+    completed: int
+    stopped: int
+    errored: int
+    best: dict[str, Any] | None
+    seconds: float
+    sweep_run_id: str | None = None
+    applied: list[str] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        lines = [
+            f"sweep {self.name!r}: {self.trials} trials ({self.completed} completed, "
+            f"{self.stopped} stopped early, {self.errored} failed) in {self.seconds:.0f} s"
+        ]
+        if self.best:
+            shown = ", ".join(f"{k}={v}" for k, v in self.best["values"].items())
+            lines.append(
+                f"best: {shown} → {self.metric} {self.best['value']:.4f} "
+                f"(mean of {self.best['trials']} seed(s), {self.mode})"
+            )
+        if self.applied:
+            lines.append(f"applied to params: {', '.join(self.applied)}")
+        if self.sweep_run_id:
+            lines.append(f"MLflow sweep run {self.sweep_run_id}")
+        lines.append(f"wrote {self.out_dir}/: {', '.join(sorted(self.paths))}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    dims: list[Dimension]
+    metric: str
+    scheduler_metric: str
+    num_samples: int = 1
+
+    @property
+    def trials(self) -> int:
+        """Trials the sweep runs: the grid's size × num_samples."""
+        n = self.num_samples
+        for dim in self.dims:
+            n *= len(dim.values) if dim.kind == "grid" else 1
+        return n
+
+    @property
+    def searched(self) -> list[Dimension]:
+        return [d for d in self.dims if d.searched]
+
+
+def plan_sweep(params: Params, cfg: TuneConfig, cli_space: Mapping[str, Any]) -> SweepPlan:
+    """Everything that can be wrong with a sweep, found before a trial starts: the space's keys
+    and values, the metric, the resources."""
+    dims = build_space({**cfg.space, **cli_space}, cfg.seeds)
+    base = base_config(params)
+    validate_space(base, dims)
+    epoch, final = reported_metrics(cfg.chain)
+    known = dict.fromkeys([*final, *epoch])
+    if cfg.metric not in known:
+        raise ConfigError(
+            f"tune.metric {cfg.metric!r}: no {cfg.chain} trial reports it "
+            f"(reported: {', '.join(known)})"
+        )
+    sched = scheduler_metric(cfg)
+    if cfg.scheduler == "asha" and sched not in epoch:
+        raise ConfigError(
+            f"tune.scheduler_metric {sched!r}: not reported every epoch by a {cfg.chain} trial "
+            f"(every epoch: {', '.join(epoch)})"
+        )
+    for key in ("cpu", "gpu"):
+        if cfg.resources.get(key, 0) < 0:
+            raise ConfigError(f"tune.resources.{key} must be >= 0")
+    gpus = cfg.resources.get("gpu", 0)
+    if gpus > 0 and not cfg.address:
+        have = _local_gpus()
+        if have < gpus:
+            raise EnvironmentProblem(
+                f"tune.resources.gpu={gpus:g} per trial but this machine has {have} GPU(s): Ray "
+                "would keep every trial PENDING; use --gpu 0, or --address of a Ray cluster with "
+                "GPU workers"
+            )
+    return SweepPlan(dims, cfg.metric, sched, cfg.num_samples)
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def tune_sweep(
+    dataset_dir: Path,
+    out_dir: Path,
+    params: Params,
+    cfg: TuneConfig,
+    cli_space: Mapping[str, Any] | None = None,
+    *,
+    name: str = "sweep",
+    resume: bool = False,
+    progress: bool = True,
+    track: bool = True,
+) -> SweepResult:
+    """Run the sweep locally (Ray in local mode, or inside a Ray Job on a cluster) and write the
+    sweep folder (see the module doc). `resume` continues a killed sweep in `out_dir`: finished
+    trials are kept, unfinished ones continue from their checkpoints."""
+    from medssl.data.contract import read_info
+
+    started = time.perf_counter()
+    plan = plan_sweep(params, cfg, cli_space or {})
+    dataset_dir = Path(dataset_dir).resolve()
+    read_info(dataset_dir)
+    out_dir = Path(out_dir).resolve()
+    storage = cfg.storage or str(out_dir / RAY_DIR)
+    if resume and not _can_restore(storage, name):
+        raise ConfigError(f"--resume: no sweep {name!r} in {storage} to continue")
+    if not resume and _can_restore(storage, name):
+        raise ConfigError(
+            f"{out_dir} holds sweep {name!r} already: --resume continues it, or choose "
+            "another --out (or delete it)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = _absolute_paths(base_config(params))
+    sweep_run, tracking = _sweep_run(out_dir, params, cfg, plan, dataset_dir, name, resume, track)
+    ctx = TrialContext(
+        dataset=str(dataset_dir),
+        base=base,
+        dims=tuple(plan.dims),
+        chain=cfg.chain,
+        trials_dir=str(out_dir / TRIALS_DIR),
+        threads=max(1, int(cfg.resources.get("cpu", 1))),
+        checkpoints=cfg.checkpoints,
+        tracking=tracking,
+    )
+    sweep_info = {
+        "name": name,
+        "dataset": str(dataset_dir),
+        "chain": cfg.chain,
+        "space": [d.describe() for d in plan.dims],
+        "metric": cfg.metric,
+        "mode": cfg.mode,
+        "scheduler": cfg.scheduler,
+        "scheduler_metric": plan.scheduler_metric,
+        "num_samples": cfg.num_samples,
+        "resources": cfg.resources,
+        "storage": storage,
+        "budget": {k: base[k] for k in ("pretrain", "train") if cfg.chain.count(k)},
+        "sweep_run_id": sweep_run.run_id,
+    }
+    atomic_write_text(out_dir / SWEEP_FILE, json.dumps(sweep_info, indent=2, default=str) + "\n")
+    status = "FAILED"
+    try:
+        grid = _run_ray(ctx, cfg, plan, storage, name, resume, progress)
+        frame = results_frame(grid, plan, cfg.chain)
+        result = write_summary(out_dir, frame, plan, cfg, name)
+        result.seconds = round(time.perf_counter() - started, 1)
+        result.sweep_run_id = sweep_run.run_id
+        _log_sweep(sweep_run, result, frame, cfg.metric)
+        _mark_stopped(out_dir / TRIALS_DIR, frame, tracking)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _end_sweep_run(sweep_run, tracking, status)
+    if "://" in storage:
+        publish_summary(out_dir, storage, name)
+    return result
+
+
+def _absolute_paths(base: dict[str, Any]) -> dict[str, Any]:
+    """Relative paths of the config made absolute: trials may run in another directory."""
+    for section in ("pretrain", "train"):
+        cache = base[section].get("cache_dir")
+        if cache and not os.path.isabs(cache):
+            base[section]["cache_dir"] = str(Path(cache).resolve())
+    weights = base["train"].get("weights")
+    if weights and "://" not in weights and not os.path.isabs(weights):
+        base["train"]["weights"] = str(Path(weights).resolve())
+    return base
+
+
+def _can_restore(storage: str, name: str) -> bool:
+    from ray import tune
+
+    path = f"{storage.rstrip('/')}/{name}"
+    if "://" not in storage and not Path(path).is_dir():
+        return False
+    try:
+        return tune.Tuner.can_restore(path)
+    except Exception:
+        return False
+
+
+def _run_ray(
+    ctx: TrialContext,
+    cfg: TuneConfig,
+    plan: SweepPlan,
+    storage: str,
+    name: str,
+    resume: bool,
+    progress: bool,
+) -> Any:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        # inside a Ray Job the cluster is there already (RAY_ADDRESS); else a local one
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    resources = {k: float(v) for k, v in cfg.resources.items() if v}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            metric=plan.scheduler_metric,
+            mode=cfg.mode,
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+            max_t=10**6,
+        )
+        if cfg.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    if resume:
+        tuner = tune.Tuner.restore(
+            f"{storage.rstrip('/')}/{name}",
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+    else:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        per_trial = max(resources.get("CPU", 1), 1e-3)
+        concurrent = cfg.max_concurrent or max(1, int(cpus // per_trial))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={d.key: d.ray() for d in plan.dims},
+            tune_config=tune.TuneConfig(
+                num_samples=cfg.num_samples,
+                scheduler=scheduler,
+                max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                verbose=0,
+                callbacks=[_Progress(plan, progress)],
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    return tuner.fit()
+
+
+class _Progress:
+    """One line per finished trial (and per failure) instead of Ray's status tables."""
+
+    def __new__(cls, plan: SweepPlan, progress: bool) -> Any:
+        from ray.tune import Callback
+
+        total = plan.trials
+
+        class Progress(Callback):
+            def __init__(self) -> None:
+                self.done = 0
+
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
+                self.done += 1
+                last = trial.last_result or {}
+                value = last.get(plan.metric)
+                shown = (
+                    f"{plan.metric} {value:.4f}" if isinstance(value, float) else "stopped early"
+                )
+                if last.get(DONE) is None:
+                    shown = f"stopped early at epoch {last.get('training_iteration', '?')}"
+                if progress:
+                    print(
+                        f"[{time.strftime('%H:%M:%S')}] trial {self.done}/{total or len(trials)} "
+                        f"{trial_name(trial.config, plan.dims)}: {shown}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
+                self.done += 1
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] trial {trial_name(trial.config, plan.dims)} "
+                    f"failed: {trial.error_file or 'see the Ray logs'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        return Progress()
+
+
+def results_frame(grid: Any, plan: SweepPlan, chain: str) -> pd.DataFrame:
+    """One row per trial: its searched values, status, epochs and final numbers."""
+    _, final = reported_metrics(chain)
+    epoch, _ = reported_metrics(chain)
+    rows = []
+    for res in grid:
+        config = res.config or {}
+        metrics = res.metrics or {}
+        values = trial_values(config, plan.dims)
+        row: dict[str, Any] = {"trial": trial_key(values)}
+        for dim in plan.searched:
+            row[dim.key] = config.get(dim.key)
+        if res.error is not None:
+            status = "failed"
+        elif metrics.get(DONE):
+            status = "completed"
+        else:
+            status = "stopped"
+        row["status"] = status
+        row["epochs"] = metrics.get("training_iteration", 0) - (1 if status == "completed" else 0)
+        for key in dict.fromkeys([*final, *epoch]):
+            if key in metrics:
+                row[key] = metrics[key]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    order = [d.key for d in plan.searched if d.key in frame]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
+
+
+def best_config(frame: pd.DataFrame, plan: SweepPlan, mode: str) -> dict[str, Any] | None:
+    """The configuration (seeds pooled) with the best mean metric among completed trials."""
+    done = frame[frame["status"] == "completed"] if "status" in frame else frame
+    if done.empty or plan.metric not in done:
+        return None
+    keys = [d.key for d in plan.searched if d.key != SEED_KEY]
+    if not keys:
+        keys = [SEED_KEY]
+    grouped = done.groupby(keys, dropna=False)[plan.metric].agg(["mean", "count"]).reset_index()
+    best = grouped.loc[grouped["mean"].idxmax() if mode == "max" else grouped["mean"].idxmin()]
+    space_values = {k: _plain(best[k]) for k in keys if k != SEED_KEY}
+    params_values: dict[str, Any] = {}
+    for dim in plan.searched:
+        if dim.key in space_values:
+            params_values.update(dict.fromkeys(dim.targets, space_values[dim.key]))
+    return {
+        "metric": plan.metric,
+        "mode": mode,
+        "value": float(best["mean"]),
+        "trials": int(best["count"]),
+        "values": space_values,
+        "params": params_values,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def summary_table(frame: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
+    """Per configuration (seeds pooled): n, median, quartiles, min, max and mean of the metric."""
+    done = frame[frame["status"] == "completed"]
+    keys = [d.key for d in plan.searched if d.key != SEED_KEY] or [SEED_KEY]
+    if done.empty or plan.metric not in done:
+        return pd.DataFrame(columns=[*keys, "n", "median", "q25", "q75", "min", "max", "mean"])
+    g = done.groupby(keys, dropna=False)[plan.metric]
+    table = pd.DataFrame(
+        {
+            "n": g.count(),
+            "median": g.median(),
+            "q25": g.quantile(0.25),
+            "q75": g.quantile(0.75),
+            "min": g.min(),
+            "max": g.max(),
+            "mean": g.mean(),
+        }
+    ).reset_index()
+    return table
+
+
+def write_summary(
+    out_dir: Path, frame: pd.DataFrame, plan: SweepPlan, cfg: TuneConfig, name: str
+) -> SweepResult:
+    """results.csv, summary.md, best.json and the box plot."""
+    from medssl.plots import plot_sweep
+
+    atomic_write_text(out_dir / RESULTS_FILE, frame.to_csv(index=False))
+    best = best_config(frame, plan, cfg.mode)
+    atomic_write_text(out_dir / BEST_FILE, json.dumps(best, indent=2) + "\n")
+    table = summary_table(frame, plan)
+    counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
+    lines = [
+        f"# Sweep {name}: {cfg.metric} ({cfg.mode})",
+        "",
+        "Space: " + "; ".join(d.describe() for d in plan.dims),
+        f"Trials: {len(frame)} ({counts.get('completed', 0)} completed, "
+        f"{counts.get('stopped', 0)} stopped early by {cfg.scheduler}, "
+        f"{counts.get('failed', 0)} failed)",
+        "",
+        _markdown(table),
+    ]
+    if best:
+        shown = ", ".join(f"{k}={v}" for k, v in best["values"].items())
+        lines += ["", f"Best: {shown}: mean {cfg.metric} {best['value']:.4f} over {best['trials']}"]
+    atomic_write_text(out_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
+    paths = {n: out_dir / n for n in (RESULTS_FILE, SUMMARY_FILE, BEST_FILE, SWEEP_FILE)}
+    x, hue = _plot_keys(plan, cfg)
+    done = frame[frame["status"] == "completed"]
+    if x is not None and not done.empty and cfg.metric in done:
+        plot_sweep(done, x, hue, cfg.metric, out_dir / PLOT_FILE, f"{name}: {cfg.metric}")
+        paths[PLOT_FILE] = out_dir / PLOT_FILE
+    return SweepResult(
+        out_dir=out_dir,
+        name=name,
+        metric=cfg.metric,
+        mode=cfg.mode,
+        trials=len(frame),
+        completed=int(counts.get("completed", 0)),
+        stopped=int(counts.get("stopped", 0)),
+        errored=int(counts.get("failed", 0)),
+        best=best,
+        seconds=0.0,
+        paths=paths,
+    )
+
+
+def _plot_keys(plan: SweepPlan, cfg: TuneConfig) -> tuple[str | None, str | None]:
+    keys = [d.key for d in plan.searched if d.key != SEED_KEY]
+    x = cfg.plot.get("x") or (keys[-1] if keys else None)
+    hue = cfg.plot.get("hue") or next((k for k in keys if k != x), None)
+    for key in (x, hue):
+        if key is not None and key not in keys:
+            raise ConfigError(f"tune.plot: {key!r} is not a searched key ({', '.join(keys)})")
+    return x, hue
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no completed trial)"
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = []
+    for _, row in table.iterrows():
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *body])
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow: the sweep run
+
+
+def _sweep_run(
+    out_dir: Path,
+    params: Params,
+    cfg: TuneConfig,
+    plan: SweepPlan,
+    dataset_dir: Path,
+    name: str,
+    resume: bool,
+    track: bool,
+) -> tuple[Tracker, dict[str, Any] | None]:
+    from medssl.tracking.runs import tracking_enabled
+
+    if not (track and tracking_enabled()):
+        return NullTracker(), None
+    from mlflow.exceptions import MlflowException
+
+    from medssl.tracking.runs import (
+        TAG_KIND,
+        MlflowTracker,
+        base_tags,
+        client,
+        experiment_id,
+        git_commit,
+    )
+    from medssl.tracking.uri import tracking_uri
+
+    mc = client()
+    exp = experiment_id(mc, params.register_.experiment)
+    tags = base_tags(git_commit(), dataset_dir)
+    id_file = out_dir / SWEEP_RUN_FILE
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else ""
+    if run_id:
+        try:
+            mc.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            run_id = ""
+    if not run_id:
+        run = mc.create_run(exp, run_name=f"tune-{name}", tags={**tags, TAG_KIND: "sweep"})
+        run_id = run.info.run_id
+        atomic_write_text(id_file, run_id + "\n")
+        tracker = MlflowTracker(mc, run_id, stage="tune", experiment_id=exp)
+        tracker.log_params(
+            {
+                "tune.chain": cfg.chain,
+                "tune.metric": cfg.metric,
+                "tune.mode": cfg.mode,
+                "tune.scheduler": cfg.scheduler,
+                "tune.scheduler_metric": plan.scheduler_metric,
+                "tune.seeds": cfg.seeds,
+                "tune.num_samples": cfg.num_samples,
+                "tune.resources": cfg.resources,
+                **{f"space.{d.key}": d.describe() for d in plan.dims},
+            }
+        )
+    tracker = MlflowTracker(mc, run_id, stage="tune", experiment_id=exp)
+    uri = tracking_uri()
+    tracking = {
+        "uri": uri,
+        "experiment_id": exp,
+        "parent_run_id": run_id,
+        "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
+    }
+    return tracker, tracking
+
+
+def _log_sweep(tracker: Tracker, result: SweepResult, frame: pd.DataFrame, metric: str) -> None:
+    if result.best:
+        tracker.log_metrics({f"best_{metric}": result.best["value"]})
+        tracker.log_params({f"best.{k}": v for k, v in result.best["params"].items()})
+    tracker.log_metrics(
+        {
+            "trials": result.trials,
+            "trials_completed": result.completed,
+            "trials_stopped": result.stopped,
+            "trials_failed": result.errored,
+        }
+    )
+    for path in result.paths.values():
+        tracker.log_artifact(path)
+    del frame
+
+
+def _mark_stopped(trials_dir: Path, frame: pd.DataFrame, tracking: dict[str, Any] | None) -> None:
+    """Trials the scheduler stopped end KILLED, tagged medssl.tune.stopped_early (their
+    process was ended from outside)."""
+    if tracking is None or frame.empty:
+        return
+    from medssl.tracking.runs import client
+
+    mc = client()
+    for key in frame.loc[frame["status"] == "stopped", "trial"]:
+        id_file = trials_dir / key / RUN_ID_FILE
+        if id_file.is_file():
+            run_id = id_file.read_text().strip()
+            with _suppress():
+                mc.set_tag(run_id, "medssl.tune.stopped_early", "true")
+                mc.set_terminated(run_id, "KILLED")
+
+
+def _end_sweep_run(tracker: Tracker, tracking: dict[str, Any] | None, status: str) -> None:
+    """End the sweep run, and the trial runs a scheduler stopped (their process was killed
+    before it could) as KILLED."""
+    if tracking is None or tracker.run_id is None:
+        return
+    from medssl.tracking.runs import client
+
+    mc = client()
+    with _suppress():
+        running = mc.search_runs(
+            [tracking["experiment_id"]],
+            filter_string=(
+                f"tags.`{TAG_SWEEP}` = '{tracker.run_id}' and attributes.status = 'RUNNING'"
+            ),
+        )
+        for run in running:
+            mc.set_tag(run.info.run_id, "medssl.tune.stopped_early", "true")
+            mc.set_terminated(run.info.run_id, "KILLED")
+    with _suppress():
+        mc.set_terminated(tracker.run_id, status)
+
+
+def _suppress() -> Any:
+    from contextlib import suppress
+
+    return suppress(Exception)
+
+
+def sweep_summary(out_dir: Path) -> dict[str, Any]:
+    """sweep.json and best.json of a finished sweep folder (for KFP and `--apply` later)."""
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir / SWEEP_FILE).read_text())
+    info["best"] = json.loads((out_dir / BEST_FILE).read_text())
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# a Ray cluster: the sweep as a Ray Job, its summary through the shared storage
+
+JOB_ENV = "MEDSSL_TUNE_JOB"  # set inside the job: run there, do not submit again
+SUMMARY_DIR = "summary"  # <storage>/<name>/summary/: best.json, results.csv … of a cluster sweep
+# forwarded to the job: where MLflow and S3 are, never a credential (the cluster has its own)
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MEDSSL_TRACKING", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+def job_entrypoint(
+    cfg: TuneConfig, dataset: Path | str, out_dir: Path | str, preset: str | None,
+    cli_space: Mapping[str, Any], name: str,
+) -> str:  # fmt: skip
+    """The `medssl tune` command the Ray Job runs on the cluster (params.yaml travels in the
+    job's working_dir; the settings given here are passed as flags)."""
+    import shlex
+
+    args = ["medssl", "tune", str(dataset), "--out", str(out_dir), "--name", name]
+    args += ["--params", "params.yaml"]
+    if preset:
+        args += ["--preset", preset]
+    for key, value in cli_space.items():
+        args += ["-S", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    args += [
+        "--chain", cfg.chain, "--metric", cfg.metric, "--mode", cfg.mode,
+        "--seeds", str(cfg.seeds), "--samples", str(cfg.num_samples),
+        "--scheduler", cfg.scheduler, "--max-concurrent", str(cfg.max_concurrent),
+        "--cpu", f"{cfg.resources.get('cpu', 1):g}", "--gpu", f"{cfg.resources.get('gpu', 0):g}",
+    ]  # fmt: skip
+    if cfg.storage:
+        args += ["--storage", cfg.storage]
+    return shlex.join(args)
+
+
+def submit_sweep(
+    cfg: TuneConfig, dataset: Path, out_dir: Path, params_file: Path, preset: str | None,
+    cli_space: Mapping[str, Any], name: str, *, poll_s: float = 2.0,
+) -> str:  # fmt: skip
+    """Submit the sweep to the Ray cluster at `cfg.address` as a Ray Job (`JobSubmissionClient`),
+    stream its log, wait, and copy the summary (best.json …) from the storage into `out_dir`."""
+    from medssl.errors import ServiceError
+
+    if not cfg.storage or "://" not in cfg.storage:
+        raise ConfigError(
+            "--address: trials on a cluster need shared storage: --storage s3://bucket/prefix"
+        )
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(cfg.address)
+    except Exception as exc:
+        raise ServiceError(f"Ray cluster {cfg.address}: {str(exc).splitlines()[0][:200]}") from None
+    with tempfile.TemporaryDirectory(prefix="medssl-tune-job-") as tmp:
+        shutil.copy2(params_file, Path(tmp) / "params.yaml")
+        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        job = client.submit_job(
+            entrypoint=job_entrypoint(cfg, dataset, out_dir, preset, cli_space, name),
+            runtime_env={"working_dir": tmp, "env_vars": {**env, JOB_ENV: "1"}},
+            metadata={"medssl.sweep": name},
+        )
+    print(f"submitted Ray Job {job} to {cfg.address}", file=sys.stderr, flush=True)
+    shown = 0
+    while True:
+        status = client.get_job_status(job)
+        logs = client.get_job_logs(job)
+        if len(logs) > shown:
+            sys.stderr.write(logs[shown:])
+            sys.stderr.flush()
+            shown = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(poll_s)
+    if status != JobStatus.SUCCEEDED:
+        last = next((line for line in reversed(logs.splitlines()) if line.strip()), "")
+        raise ServiceError(f"Ray Job {job} {status.value.lower()}: {last[:300]}")
+    fetch_summary(cfg.storage, name, Path(out_dir))
+    best = json.loads((Path(out_dir) / BEST_FILE).read_text())
+    shown_best = ", ".join(f"{k}={v}" for k, v in (best or {}).get("values", {}).items())
+    return (
+        f"Ray Job {job} succeeded; best: {shown_best or 'none'}\n"
+        f"wrote {out_dir}/: {', '.join(sorted(p.name for p in Path(out_dir).iterdir()))}"
+    )
+
+
+def _storage_fs(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def publish_summary(out_dir: Path, storage: str, name: str) -> None:
+    """The sweep's summary files into <storage>/<name>/summary/ (where the submitter reads)."""
+    fs, root = _storage_fs(storage)
+    target = f"{root.rstrip('/')}/{name}/{SUMMARY_DIR}"
+    fs.create_dir(target, recursive=True)
+    for fname in (RESULTS_FILE, SUMMARY_FILE, BEST_FILE, SWEEP_FILE, PLOT_FILE):
+        path = Path(out_dir) / fname
+        if path.is_file():
+            with fs.open_output_stream(f"{target}/{fname}") as stream:
+                stream.write(path.read_bytes())
+
+
+def fetch_summary(storage: str, name: str, out_dir: Path) -> None:
+    """<storage>/<name>/summary/ into `out_dir` (a Ray Job's results, for the submitter)."""
+    import pyarrow.fs
+
+    fs, root = _storage_fs(storage)
+    source = f"{root.rstrip('/')}/{name}/{SUMMARY_DIR}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(source, allow_not_found=True))
+    if not infos:
+        raise ConfigError(f"no sweep summary in {storage}/{name}/{SUMMARY_DIR}")
+    for info in infos:
+        if info.type == pyarrow.fs.FileType.File:
+            with fs.open_input_stream(info.path) as stream:
+                (out_dir / info.base_name).write_bytes(stream.read())
