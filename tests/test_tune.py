@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from cli_helpers import MEDSSL, cli, expect_error, medssl
 from medssl.config import load_params
@@ -350,3 +351,76 @@ def test_a_killed_sweep_resumes_every_trial_is_a_child_run_and_apply_edits_param
     # the same folder without --resume is refused rather than overwritten
     again = medssl(*args[1:], env=env)
     expect_error(again, 2, "--resume continues it")
+
+
+# ---------------------------------------------------------------------------------------------
+# a Ray cluster: a real head with the Jobs API on loopback, the sweep submitted as a Ray Job
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head` with the dashboard (Jobs API) in its own temp dir (short: Ray's socket
+    paths have a length limit); stopped by killing exactly its processes (`ray stop` would stop
+    every Ray on the machine)."""
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="/tmp/medssl-rayhead-")
+    dashboard = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray = str(Path(MEDSSL).parent / "ray")
+    start = subprocess.run(
+        [
+            ray, "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
+            "--include-dashboard=true", "--num-cpus=1", f"--temp-dir={temp}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run(["pkill", "-9", "-f", temp], check=False)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_with_an_address_the_sweep_runs_as_a_ray_job_and_its_best_config_comes_back(
+    ray_head, tiny_split, tmp_path
+):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(SWEEP_PARAMS))
+    out = tmp_path / "from-job"
+    outcome = medssl(
+        "tune", tiny_split, "--params", params_file, "--out", out, "--name", "job",
+        "-S", "lsd.lambda=[1,4]", "-S", "pretrain.max_epochs=1", "-S", "pretrain.max_steps=null",
+        "-S", f"pretrain.cache_dir={tmp_path / 'cache'}",
+        "--address", ray_head, "--storage", f"file://{tmp_path / 'storage'}", "--no-track",
+        env={"RAY_AUTH_MODE": "disabled"}, timeout=600,
+    )  # fmt: skip
+    assert outcome.code == 0, outcome.err[-3000:]
+    assert "submitted Ray Job" in outcome.err and "succeeded; best: lsd.lambda=" in outcome.out
+    # the job wrote the summary to the shared storage; the submitter fetched it from there
+    stored = tmp_path / "storage" / "job" / "summary"
+    assert (stored / "best.json").read_text() == (out / "best.json").read_text()
+    assert json.loads((out / "best.json").read_text())["params"]["lsd.lambda"] in (1, 4)
+    assert len(pd.read_csv(out / "results.csv")) == 2
+
+
+def test_an_unreachable_cluster_is_one_line(capsys, tiny_split, tmp_path):
+    out = cli(
+        capsys, "tune", tiny_split, "--params", NO_PARAMS, "-S", "lsd.lambda=[1,2]",
+        "--address", f"http://127.0.0.1:{_free_port()}", "--storage", "s3://bucket/sweeps",
+        "--out", tmp_path / "o",
+    )  # fmt: skip
+    expect_error(out, 3, "Ray cluster http://127.0.0.1:")

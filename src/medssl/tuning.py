@@ -203,6 +203,8 @@ def base_config(params: Params) -> dict[str, Any]:
 
 
 def _scalar_text(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -489,6 +489,8 @@ def tune_sweep(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _absolute_paths(base_config(params))
+    fixed_values = {t: d.values[0] for d in plan.dims if not d.searched for t in d.targets}
+    fixed = build_params(dict(base), override_texts(fixed_values)).dump()  # every trial's
     sweep_run, tracking = _sweep_run(out_dir, params, cfg, plan, dataset_dir, name, resume, track)
     ctx = TrialContext(
         dataset=str(dataset_dir),
@@ -512,7 +514,7 @@ def tune_sweep(
         "num_samples": cfg.num_samples,
         "resources": cfg.resources,
         "storage": storage,
-        "budget": {k: base[k] for k in ("pretrain", "train") if cfg.chain.count(k)},
+        "budget": {k: fixed[k] for k in ("pretrain", "train") if k in cfg.chain},
         "sweep_run_id": sweep_run.run_id,
     }
     atomic_write_text(out_dir / SWEEP_FILE, json.dumps(sweep_info, indent=2, default=str) + "\n")
@@ -1014,11 +1016,21 @@ def submit_sweep(
     with tempfile.TemporaryDirectory(prefix="medssl-tune-job-") as tmp:
         shutil.copy2(params_file, Path(tmp) / "params.yaml")
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-        job = client.submit_job(
-            entrypoint=job_entrypoint(cfg, dataset, out_dir, preset, cli_space, name),
-            runtime_env={"working_dir": tmp, "env_vars": {**env, JOB_ENV: "1"}},
-            metadata={"medssl.sweep": name},
-        )
+        deadline = time.monotonic() + 60
+        while True:  # a cluster just started answers "no available agent … try again" a while
+            try:
+                job = client.submit_job(
+                    entrypoint=job_entrypoint(cfg, dataset, out_dir, preset, cli_space, name),
+                    runtime_env={"working_dir": tmp, "env_vars": {**env, JOB_ENV: "1"}},
+                    metadata={"medssl.sweep": name},
+                )
+                break
+            except RuntimeError as exc:
+                if "try again" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(poll_s)
+                    continue
+                reason = str(exc).splitlines()[0][:300]
+                raise ServiceError(f"Ray cluster {cfg.address} refused the job: {reason}") from None
     print(f"submitted Ray Job {job} to {cfg.address}", file=sys.stderr, flush=True)
     shown = 0
     while True:
