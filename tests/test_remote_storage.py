@@ -151,3 +151,44 @@ def test_mlflow_server_stores_models_in_s3(s3, mlflow_server, monkeypatch, tmp_p
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Tune trial storage on S3 (what a sweep on a cluster needs)
+
+
+def test_a_sweep_keeps_its_trials_and_summary_in_s3(s3, tiny_split, tmp_path):
+    import json
+
+    import yaml
+
+    from cli_helpers import medssl
+    from medssl.stages.tune import fetch_summary
+    from test_tune import SWEEP_PARAMS
+
+    bucket = s3.make_bucket("sweeps")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(SWEEP_PARAMS))
+    storage = f"s3://{bucket}/sweeps"
+    outcome = medssl(
+        "tune", tiny_split, "--params", params, "--out", tmp_path / "sweep", "--name", "s3",
+        "-S", "lsd.lambda=[1,4]", "-S", "pretrain.max_epochs=2", "-S", "pretrain.max_steps=null",
+        "-S", f"pretrain.cache_dir={tmp_path / 'cache'}", "--storage", storage, "--no-track",
+        "-S", "pretrain.checkpoint_every=1", "--scheduler", "fifo",
+        env={**s3.subprocess_env(endpoint=True), "MEDSSL_TRACKING": "0"}, timeout=600,
+    )  # fmt: skip
+    assert outcome.code == 0, outcome.err[-3000:]
+    keys = s3.keys(bucket, "sweeps/s3/")
+    assert any("experiment_state" in k or k.endswith("tuner.pkl") for k in keys), keys[:20]
+    ckpts = {k.split("/")[2] for k in keys if "/checkpoint_" in k and k.endswith("last.pt")}
+    assert len(ckpts) == 2, "\n".join(keys)  # each trial's training checkpoint reached the storage
+    assert "sweeps/s3/summary/best.json" in keys
+    os.environ.update(s3.subprocess_env(endpoint=True))
+    try:
+        fetch_summary(storage, "s3", tmp_path / "back")
+    finally:
+        for key in s3.subprocess_env(endpoint=True):
+            if key.startswith("AWS_"):
+                os.environ.pop(key, None)
+    best = json.loads((tmp_path / "back" / "best.json").read_text())
+    assert best["params"]["lsd.lambda"] in (1, 4)

@@ -143,6 +143,8 @@ class _Reporter:
         from ray import tune
 
         path = trainer.checkpoint_path
+        if self.checkpoints:
+            trainer.writer.wait()  # the checkpoint in flight, complete on disk
         if not (self.checkpoints and path is not None and path.is_file()):
             tune.report(self.last)
             return
