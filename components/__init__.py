@@ -3,9 +3,9 @@ project image (`components.image.IMAGE`), with typed artifacts between steps.
 
 A body imports `medssl` inside (KFP ships only the function's source to the container) and calls
 a stage function from `medssl.stages` plus the small helpers of `medssl.orchestration`.
-Two pipelines use them: training (pipelines/training.py) and batch inference
-(pipelines/batch_inference.py). No tune stage exists yet: when it lands, its component goes in
-`components/tune.py` and is exported here.
+Three pipelines use them: training (pipelines/training.py), the sweep (pipelines/sweep.py: `tune`
+on the Ray cluster, then training with the best configuration) and batch inference
+(pipelines/batch_inference.py).
 """
 
 from components.config import resolve_config
@@ -18,6 +18,7 @@ from components.register import register
 from components.split import split
 from components.tracking import finish_run, start_run
 from components.train import train
+from components.tune import tune
 from components.validate import validate
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "split",
     "start_run",
     "train",
+    "tune",
     "validate",
 ]

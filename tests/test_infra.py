@@ -406,13 +406,14 @@ def test_tracking_db_only_accepts_the_mlflow_server(rendered, overlay):
     assert service.get("type", "ClusterIP") == "ClusterIP"
 
 
+COMPILED = sorted((ROOT / "pipelines" / "compiled").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("compiled", COMPILED, ids=[p.stem for p in COMPILED])
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_compiled_pipeline_fits_the_cluster(rendered, overlay):
+def test_compiled_pipeline_fits_the_cluster(rendered, overlay, compiled):
     """The KFP steps' secret keys exist in the secret the overlay makes, and their GPU node
-    selector / toleration are the ones the GPU pool carries."""
-    compiled = ROOT / "pipelines" / "compiled" / "training.yaml"
-    if not compiled.exists():
-        pytest.skip("pipelines/compiled/training.yaml not compiled yet")
+    selector / toleration are the ones the GPU pool carries (every compiled pipeline)."""
     docs = [d for d in yaml.safe_load_all(compiled.read_text()) if d]
     executors = next(d for d in docs if "platforms" in d)["platforms"]["kubernetes"]
     executors = executors["deploymentSpec"]["executors"]
@@ -428,6 +429,43 @@ def test_compiled_pipeline_fits_the_cluster(rendered, overlay):
             assert spec["nodeSelector"]["labels"] == GPU_SELECTOR, name
             assert GPU_TOLERATION in spec["tolerations"], name
     assert gpu_steps >= 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_sweep_pipeline_reaches_the_ray_cluster(rendered, overlay):
+    """What a sweep submitted from a KFP run needs: the sweep pipeline's default Ray address is
+    the RayCluster's head service (KubeRay names it <cluster>-head-svc) on the dashboard port,
+    which the network policies open to pipeline pods; every Ray pod runs the project image with
+    the credentials secret (MLflow tracking URI for the trials' child runs, S3 for the trials'
+    storage)."""
+    docs = rendered[overlay]
+    (rc,) = of_kind(docs, "RayCluster")
+    name, namespace = rc["metadata"]["name"], rc["metadata"]["namespace"]
+    spec = next(yaml.safe_load_all((ROOT / "pipelines" / "compiled" / "sweep.yaml").read_text()))
+    address = spec["root"]["inputDefinitions"]["parameters"]["ray_address"]["defaultValue"]
+    port = int(re.fullmatch(rf"http://{name}-head-svc\.{namespace}\.svc:(\d+)", address).group(1))
+    (head,) = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {"name": "dashboard", "containerPort": port} in head["ports"]
+    assert rc["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    ray_pod = {"ray.io/cluster": name}  # KubeRay labels every pod of the cluster so
+    opened = [
+        rule
+        for p in of_kind(docs, "NetworkPolicy")
+        if labels_match(p["spec"]["podSelector"], ray_pod)
+        for rule in p["spec"].get("ingress", [])
+        if {"protocol": "TCP", "port": port} in rule.get("ports", [])
+    ]
+    peers = [peer for rule in opened for peer in rule["from"]]
+    kubeflow = {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}
+    assert {"podSelector": {}} in peers  # pipeline pods of this namespace
+    assert {"namespaceSelector": kubeflow} in peers  # and of a standalone KFP install
+    for where, pod in pod_specs(rc):
+        (container,) = pod["containers"]
+        assert container["image"].startswith(IMAGE), where
+        refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+        assert refs == ["medssl-credentials"], where
+    credentials = one(docs, "Secret", "medssl-credentials")["data"]
+    assert set(credentials) >= CREDENTIAL_KEYS  # MLFLOW_TRACKING_URI and the S3 keys
 
 
 # --- Terraform ------------------------------------------------------------------------------

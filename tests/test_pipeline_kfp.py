@@ -1,12 +1,14 @@
 """The Kubeflow pipeline: committed spec vs a fresh compile, Kubernetes settings in the spec,
 `medssl pipeline submit` against a local server that records the KFP REST calls, the component
-bodies and the orchestration helpers (no cluster, no kfp.local run: see test_pipeline_local.py)."""
+bodies (the tune body: a 2-trial sweep on a local Ray) and the orchestration helpers (no cluster,
+no kfp.local run: see test_pipeline_local.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medssl.cli_pipeline import check_cron, load_pipeline, pipeline_arguments, split_params
+from medssl.cli_pipeline import (
+    all_pipeline_files,
+    check_cron,
+    load_pipeline,
+    pipeline_arguments,
+    split_params,
+)
 from medssl.config import load_params
 from medssl.errors import ConfigError
 from medssl.orchestration import (
@@ -90,25 +98,24 @@ def tasks(pipeline: dict) -> dict[str, dict]:
 # ------------------------------------------------------------------------------ compiled spec
 
 
-def test_committed_spec_equals_a_fresh_compile(tmp_path, monkeypatch):
-    """Byte-equal: the compile is deterministic (see also the two-process test below)."""
+@pytest.mark.parametrize("module", [p.stem for p in all_pipeline_files(ROOT)])
+def test_committed_spec_equals_a_fresh_compile(tmp_path, monkeypatch, module):
+    """Byte-equal, for every pipeline of pipelines/: the compile is deterministic (see also the
+    two-process test below)."""
     monkeypatch.delenv("MEDSSL_IMAGE", raising=False)
-    assert COMPILED.is_file(), f"{COMPILED} is missing: {REGENERATE}"
-    fresh = load_pipeline(PIPELINE).compile_pipeline(tmp_path / "training.yaml")
-    assert fresh.read_text() == COMPILED.read_text(), (
-        f"{COMPILED.relative_to(ROOT)} differs from a fresh compile of pipelines/training.py, "
+    committed = ROOT / "pipelines" / "compiled" / f"{module}.yaml"
+    assert committed.is_file(), f"{committed} is missing: {REGENERATE}"
+    fresh = load_pipeline(ROOT / "pipelines" / f"{module}.py").compile_pipeline(
+        tmp_path / f"{module}.yaml"
+    )
+    assert fresh.read_text() == committed.read_text(), (
+        f"{committed.relative_to(ROOT)} differs from a fresh compile of pipelines/{module}.py, "
         f"components/ and params.yaml: {REGENERATE}"
     )
 
 
-def test_batch_inference_spec_is_committed_and_predicts_on_the_gpu_pool(tmp_path, monkeypatch):
-    monkeypatch.delenv("MEDSSL_IMAGE", raising=False)
-    committed = ROOT / "pipelines" / "compiled" / "batch_inference.yaml"
-    fresh = load_pipeline(ROOT / "pipelines" / "batch_inference.py").compile_pipeline(
-        tmp_path / "batch.yaml"
-    )
-    assert fresh.read_text() == committed.read_text(), REGENERATE
-    pipeline, k8s = spec_docs(committed)
+def test_batch_inference_spec_predicts_on_the_gpu_pool():
+    pipeline, k8s = spec_docs(ROOT / "pipelines" / "compiled" / "batch_inference.yaml")
     assert set(tasks(pipeline)) == {"resolve-config", "data", "predict"}
     inputs = pipeline["root"]["inputDefinitions"]["parameters"]
     assert inputs["model_uri"]["defaultValue"] == "models:/abdominal-organs@champion"
@@ -121,6 +128,73 @@ def test_batch_inference_spec_is_committed_and_predicts_on_the_gpu_pool(tmp_path
     outputs = pipeline["components"]["comp-predict"]["outputDefinitions"]["artifacts"]
     assert outputs["predictions"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert outputs["summary"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_sweep_spec_tunes_on_the_ray_cluster_and_trains_on_the_best_config():
+    pipeline, k8s = spec_docs(ROOT / "pipelines" / "compiled" / "sweep.yaml")
+    all_tasks = tasks(pipeline)
+    assert set(all_tasks) - {"exit-handler-1"} == {*STEPS, "tune"}
+    inputs = pipeline["root"]["inputDefinitions"]["parameters"]
+    # the in-cluster Ray Jobs API (test_infra checks it names the RayCluster's head service)
+    assert inputs["ray_address"]["defaultValue"] == "http://medssl-ray-head-svc.medssl.svc:8265"
+    assert inputs["storage"]["defaultValue"] == ""
+    presets = load_params(ROOT / "params.yaml").tune.presets
+    assert inputs["preset"]["defaultValue"] in presets
+    assert not inputs["metric"]["defaultValue"].startswith("test_")
+    assert inputs["trial_gpus"]["defaultValue"] == 1
+    assert {"data_repo", "data_rev", "params", *SCALAR_PARAMS} - set(inputs) == {"train_init"}
+    config = all_tasks["resolve-config"]["inputs"]["parameters"]["train_init"]
+    assert config["runtimeValue"]["constant"] == "checkpoint"  # always from the encoder
+
+    tune = all_tasks["tune"]["inputs"]
+    for name in ("ray_address", "storage", "preset", "metric", "trial_gpus", "max_concurrent"):
+        assert tune["parameters"][name]["componentInputParameter"].endswith(name)
+    assert tune["parameters"]["params"]["taskOutputParameter"]["producerTask"] == "resolve-config"
+    assert tune["artifacts"]["splits"]["taskOutputArtifact"]["producerTask"] == "split"
+    # every step after it runs on the params with the best configuration applied
+    for step in ("pretrain", "train", "evaluate", "register"):
+        params = all_tasks[step]["inputs"]["parameters"]["params"]["taskOutputParameter"]
+        assert params == {"outputParameterKey": "params", "producerTask": "tune"}, step
+    encoder = all_tasks["train"]["inputs"]["artifacts"]["encoder"]["taskOutputArtifact"]
+    assert encoder["producerTask"] == "pretrain"
+
+    # tune is a CPU pod that waits for the Ray Job: no GPU, never cached, not retried
+    executors = pipeline["deploymentSpec"]["executors"]
+    assert "accelerator" not in executors["exec-tune"]["container"]["resources"]
+    assert "nodeSelector" not in k8s["deploymentSpec"]["executors"]["exec-tune"]
+    assert not all_tasks["tune"]["cachingOptions"].get("enableCache")
+    assert "retryPolicy" not in all_tasks["tune"]
+    for name in ("exec-pretrain", "exec-train"):
+        assert executors[name]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    outputs = pipeline["components"]["comp-tune"]["outputDefinitions"]
+    assert set(outputs["parameters"]) == {"params", "best"}
+    kinds = {k: v["artifactType"]["schemaTitle"] for k, v in outputs["artifacts"].items()}
+    assert kinds == {
+        "summary": "system.Markdown", "metrics": "system.Metrics", "sweep": "system.Artifact"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [p.stem for p in all_pipeline_files(ROOT)])
+def test_every_spec_takes_credentials_from_the_secret_only(module):
+    """Every step of every spec gets the credentials secret as env vars (the MinIO endpoints
+    optional), and the spec holds no credential: no step sets a credential variable itself, no
+    URL carries a user:password, no cloud key."""
+    path = ROOT / "pipelines" / "compiled" / f"{module}.yaml"
+    pipeline, k8s = spec_docs(path)
+    for name, executor in pipeline["deploymentSpec"]["executors"].items():
+        keys = {}
+        for entry in k8s["deploymentSpec"]["executors"][name]["secretAsEnv"]:
+            assert entry["secretName"] == "medssl-credentials", name
+            for pair in entry["keyToEnv"]:
+                assert pair["secretKey"] == pair["envVar"]
+                keys[pair["secretKey"]] = entry["optional"]
+        assert set(keys) == SECRET_KEYS, name
+        required = {k for k, optional in keys.items() if not optional}
+        assert required == REQUIRED_SECRET_KEYS, name
+        own_env = {e["name"] for e in executor["container"].get("env", [])}
+        assert not own_env & SECRET_KEYS, name
+    text = path.read_text()
+    assert not re.search(r"://[^/\s:@'\"]+:[^/\s@'\"]+@|AKIA[0-9A-Z]{16}|CHANGE_ME", text)
 
 
 def test_compile_is_deterministic_across_processes(tmp_path):
@@ -173,19 +247,6 @@ def test_spec_gpu_secret_retry_and_cache_settings():
         if name not in gpu_steps:
             assert "accelerator" not in executor["container"].get("resources", {}), name
             assert "nodeSelector" not in k8s["deploymentSpec"]["executors"][name], name
-
-    # every step gets the credentials secret as env vars (the MinIO endpoints optional)
-    for name in executors:
-        secret_env = k8s["deploymentSpec"]["executors"][name]["secretAsEnv"]
-        keys = {}
-        for entry in secret_env:
-            assert entry["secretName"] == "medssl-credentials", name
-            for pair in entry["keyToEnv"]:
-                assert pair["secretKey"] == pair["envVar"]
-                keys[pair["secretKey"]] = entry["optional"]
-        assert set(keys) == SECRET_KEYS, name
-        required = {k for k, optional in keys.items() if not optional}
-        assert required == REQUIRED_SECRET_KEYS, name
 
     # retries with backoff where failures can be transient and a retry is safe (start-run and
     # register find what the first attempt made); none on verdicts about the inputs, nor on
@@ -479,6 +540,10 @@ def test_submit_arguments_helpers():
         check_cron("0 3 * * *")
     overrides, data = split_params(["train_lr=0.1", "split.seed=3", "data_rev=abc"])
     assert overrides == ["train.lr=0.1", "split.seed=3"] and data == {"data_rev": "abc"}
+    _, sweep = split_params(["ray_address=http://ray:8265", "trial_gpus=1", "max_concurrent=2"])
+    assert sweep == {"ray_address": "http://ray:8265", "trial_gpus": 1.0, "max_concurrent": 2}
+    with pytest.raises(ConfigError, match="expected a number"):
+        split_params(["trial_gpus=many"])
     args = pipeline_arguments(load_params(Path("/nonexistent"), ["train.max_steps=7"]))
     assert args["train_max_steps"] == 7 and "data_repo" not in args
 
@@ -596,3 +661,83 @@ def test_data_and_validate_component_bodies(tmp_path):
     assert page.startswith("# Data validation") and "| **FAILED** |" in page
     assert "| expectation | view | result | unexpected | examples |" in page
     assert (Path(results.path) / "report.json").is_file()
+
+
+TUNE_BUDGET = [
+    "pretrain.device=cpu", "pretrain.method=lsd", "pretrain.batch_exams=8",
+    "pretrain.max_batch_images=64", "pretrain.max_epochs=2", "pretrain.max_steps=null",
+    "pretrain.tsne_points=0", "evaluate.bootstrap=20", "tune.space={lsd.lambda: [1, 4]}",
+]  # fmt: skip
+
+
+def _tune_outputs(root: Path) -> dict:
+    from kfp.dsl import Artifact, Markdown, Metrics
+
+    root.mkdir(parents=True, exist_ok=True)
+    return {
+        "summary": Markdown(name="summary", uri=str(root / "summary")),
+        "metrics": Metrics(name="metrics", uri=str(root / "metrics")),
+        "sweep": Artifact(name="sweep", uri=str(root / "sweep")),
+    }
+
+
+def test_tune_component_body_passes_the_best_config_on(
+    tiny_archive, tiny_split, tmp_path, monkeypatch
+):
+    """Without a Ray address the body sweeps here (local Ray): 2 trials over lsd.lambda; its
+    params output is its input with the best lambda applied, and nothing else changed; the
+    sweep's MLflow run nests under the step's stage run, under the pipeline's parent run."""
+    import ray
+    from kfp.dsl import Dataset
+    from mlflow import MlflowClient
+
+    from medssl.orchestration import start_pipeline_run
+
+    c = _components()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    budget = [*TUNE_BUDGET, f"pretrain.cache_dir={tmp_path / 'cache'}"]
+    cfg = load_params(Path("/nonexistent"), budget)
+    parent = start_pipeline_run("kfp-test", cfg, {})
+    args = {
+        "splits": Dataset(name="splits", uri=str(tiny_split)),
+        "images": Dataset(name="dataset", uri=str(tiny_archive)),
+        "params": params_argument(cfg),
+        "parent_run_id": parent,
+        "kfp_run_id": "kfp-test",
+        "preset": "",
+        "metric": "",
+        "ray_address": "",
+        "storage": "",
+        "trial_cpus": 1.0,
+        "trial_gpus": 0.0,
+        "max_concurrent": 2,
+    }
+    with pytest.raises(ConfigError, match="leaks the test set"):  # refused before any work
+        c.tune.python_func(**{**args, "metric": "test_f1_weighted"}, **_tune_outputs(tmp_path))
+    outputs = _tune_outputs(tmp_path / "tune")
+    try:
+        out = c.tune.python_func(**args, **outputs)
+    finally:
+        ray.shutdown()
+
+    best = json.loads((Path(outputs["sweep"].path) / "best.json").read_text())
+    assert out.best == best["params"] == {"lsd.lambda": best["values"]["lsd.lambda"]}
+    assert best["params"]["lsd.lambda"] in (1, 4) and best["metric"] == "val_nmi"
+    applied = load_params(Path("/nonexistent"), [*budget, f"lsd.lambda={out.best['lsd.lambda']}"])
+    assert resolve_params(out.params) == applied
+    sweep_files = {p.name for p in Path(outputs["sweep"].path).iterdir()}
+    assert {"results.csv", "summary.md", "best.json", "sweep.json", "sweep.png"} <= sweep_files
+    assert "trials" not in sweep_files and "ray" not in sweep_files  # only the summary
+    page = Path(outputs["summary"].path).read_text()
+    assert page.startswith("# Sweep sweep-kfp-test") and "(data:image/png;base64," in page
+    assert outputs["metrics"].metadata["trials"] == 2
+    assert outputs["metrics"].metadata["best_val_nmi"] == pytest.approx(best["value"])
+
+    mc = MlflowClient(uri)
+    runs = mc.search_runs([mc.get_experiment_by_name("medssl").experiment_id])
+    (stage,) = [r for r in runs if r.data.tags.get("medssl.stage") == "tune"]
+    (sweep,) = [r for r in runs if r.data.tags.get("medssl.kind") == "sweep"]
+    assert stage.data.tags["mlflow.parentRunId"] == parent
+    assert sweep.data.tags["mlflow.parentRunId"] == stage.info.run_id
+    assert float(stage.data.params["best.lsd.lambda"]) == out.best["lsd.lambda"]

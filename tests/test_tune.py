@@ -415,6 +415,14 @@ def test_with_an_address_the_sweep_runs_as_a_ray_job_and_its_best_config_comes_b
     assert (stored / "best.json").read_text() == (out / "best.json").read_text()
     assert json.loads((out / "best.json").read_text())["params"]["lsd.lambda"] in (1, 4)
     assert len(pd.read_csv(out / "results.csv")) == 2
+    # the job read the dataset from the storage (the cluster's pods cannot see this machine's
+    # folders): a self-contained copy, images included
+    uploaded = tmp_path / "storage" / "job" / "dataset"
+    assert json.loads((out / "sweep.json").read_text())["dataset"] == f"file://{uploaded}"
+    assert (uploaded / "manifest.parquet").is_file()
+    assert len(list((uploaded / "images").rglob("*.png"))) == len(
+        pd.read_parquet(tiny_split / "manifest.parquet")
+    )
 
 
 def test_an_unreachable_cluster_is_one_line(capsys, tiny_split, tmp_path):
@@ -424,3 +432,16 @@ def test_an_unreachable_cluster_is_one_line(capsys, tiny_split, tmp_path):
         "--out", tmp_path / "o",
     )  # fmt: skip
     expect_error(out, 3, "Ray cluster http://127.0.0.1:")
+
+
+def test_a_sweep_whose_every_trial_fails_is_a_failed_run(tiny_split, tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(SWEEP_PARAMS))
+    outcome = medssl(
+        "tune", tiny_split, "--params", params_file, "--out", tmp_path / "sweep", "--no-track",
+        "-S", "lsd.lambda=[1,4]", "-S", "pretrain.device=cuda:7", "--max-failures", "0",
+        "-S", f"pretrain.cache_dir={tmp_path / 'cache'}",
+    )  # fmt: skip
+    line = expect_error(outcome, 1, "sweep 'sweep': no trial completed (2 failed")
+    assert "cuda:7" in line  # the trials' own error, not a Ray traceback
+    assert len(pd.read_csv(tmp_path / "sweep" / "results.csv")) == 2

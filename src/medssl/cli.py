@@ -30,7 +30,6 @@ from medssl.errors import (
     EXIT_BUG,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    ConfigError,
     debug_enabled,
     one_line,
     translate,
@@ -413,7 +412,13 @@ def predict_cmd(
 
 @app.command("tune")
 def tune_cmd(
-    dataset: Annotated[Path, typer.Argument(help="Split dataset folder (from `medssl split`).")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="Split dataset folder (from `medssl split`), or the storage URI of one "
+            "(s3://…: every node fetches it)."
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Sweep folder to write (default: reports/tune/NAME)."),
@@ -453,6 +458,10 @@ def tune_cmd(
     max_concurrent: Annotated[
         int | None, typer.Option("--max-concurrent", help="Trials at once (0: as resources allow).")
     ] = None,
+    max_failures: Annotated[
+        int | None,
+        typer.Option("--max-failures", help="Restarts of a crashed trial (tune.max_failures)."),
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
@@ -483,12 +492,13 @@ def tune_cmd(
     Example (paper 000 Fig. 5): `medssl tune data/splits --preset lambda-sensitivity`;
     your own: `medssl tune data/splits -S lsd.lambda=[0.5,1,2] --seeds 2 --metric val_nmi`."""
     from medssl.stages.tune import submit_sweep, tune_sweep
-    from medssl.tuning import apply_to_params, parse_cli_space
+    from medssl.tuning import apply_to_params, parse_cli_space, refuse_test_metric
 
     cfg = _params(params, None)
     flags = {
         "chain": chain, "metric": metric, "mode": mode, "seeds": seeds, "num_samples": samples,
-        "scheduler": scheduler, "max_concurrent": max_concurrent, "address": address,
+        "scheduler": scheduler, "max_concurrent": max_concurrent, "max_failures": max_failures,
+        "address": address,
         "storage": storage,
     }  # fmt: skip
     tune_cfg = cfg.tune.with_preset(preset)
@@ -504,11 +514,8 @@ def tune_cmd(
     cli_space = parse_cli_space(space or [])
     sweep_name = name or preset or "sweep"
     out_dir = out or Path("reports/tune") / sweep_name
-    if apply and tune_cfg.metric.startswith("test_"):
-        raise ConfigError(
-            f"--apply: tune.metric {tune_cfg.metric} is measured on the test split; choosing a "
-            "configuration by it leaks the test set into the model: sweep on a val_ metric"
-        )
+    if apply:
+        refuse_test_metric(tune_cfg.metric, "--apply")
     if tune_cfg.address and not os.environ.get("MEDSSL_TUNE_JOB"):
         from medssl.stages.tune import plan_sweep
 
@@ -517,7 +524,8 @@ def tune_cmd(
         return
     from medssl.data.contract import read_info
 
-    read_info(dataset)
+    if "://" not in str(dataset):  # a storage URI is fetched by the sweep
+        read_info(dataset)
     result = tune_sweep(
         dataset, out_dir, cfg, tune_cfg, cli_space, name=sweep_name, resume=resume, track=track
     )

@@ -34,6 +34,11 @@ DEFAULT_PIPELINE = "training"
 PIPELINE_FILE = PIPELINES_DIR / f"{DEFAULT_PIPELINE}.py"
 DATA_PARAMS = ("data_repo", "data_rev", "data_path")
 MODEL_PARAMS = ("model_uri",)  # the batch-inference pipeline's
+# the sweep pipeline's, with their types (a --param value is text)
+SWEEP_PARAMS: dict[str, type] = {
+    "ray_address": str, "storage": str, "preset": str, "metric": str,
+    "trial_cpus": float, "trial_gpus": float, "max_concurrent": int,
+}  # fmt: skip
 IMAGE_ENV = "MEDSSL_IMAGE"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local's lines that say where a run is (everything else goes to the log only)
@@ -171,7 +176,7 @@ def accepted_arguments(module: ModuleType, arguments: dict[str, Any]) -> dict[st
     """The arguments the pipeline declares (batch inference takes fewer than training); one
     given by the user that it does not take is an error."""
     declared = set(module.PIPELINE.component_spec.inputs)
-    for name in MODEL_PARAMS:
+    for name in (*MODEL_PARAMS, *SWEEP_PARAMS):
         if name in arguments and name not in declared:
             raise ConfigError(f"--param {name}: pipeline {module.PIPELINE_NAME} has no {name}")
     return {k: v for k, v in arguments.items() if k in declared}
@@ -195,8 +200,13 @@ def split_params(items: list[str] | None) -> tuple[list[str], dict[str, str]]:
             overrides.append(f"{SCALAR_PARAMS[name]}={value}")
         elif name in DATA_PARAMS or name in MODEL_PARAMS:
             data[name] = value
+        elif name in SWEEP_PARAMS:
+            try:
+                data[name] = SWEEP_PARAMS[name](value)
+            except ValueError:
+                raise ConfigError(f"--param {name}={value}: expected a number") from None
         else:
-            known = ", ".join([*DATA_PARAMS, *MODEL_PARAMS, *SCALAR_PARAMS])
+            known = ", ".join([*DATA_PARAMS, *MODEL_PARAMS, *SWEEP_PARAMS, *SCALAR_PARAMS])
             raise ConfigError(f"--param {name!r}: unknown pipeline parameter (known: {known})")
     return overrides, data
 
@@ -245,13 +255,14 @@ def _resolve(
         if not data_repo:
             raise ConfigError(f"--data-rev needs --data-repo (no {source} here)")
         typer.echo(f"data repository: {data_repo} ({source})")
-    return pipeline_arguments(
+    arguments = pipeline_arguments(
         cfg,
         data_repo=data_repo,
         data_rev=data_rev,
         data_path=data_path,
         model_uri=data.get("model_uri"),
     )
+    return {**arguments, **{k: v for k, v in data.items() if k in SWEEP_PARAMS}}
 
 
 # ------------------------------------------------------------------------------ commands
@@ -275,7 +286,7 @@ def compile_cmd(
     ] = None,
     pipeline_file: PipelineFileOption = None,
 ) -> None:
-    """Compile the pipelines (training, batch_inference) to KFP YAML in pipelines/compiled/
+    """Compile the pipelines (training, batch_inference, sweep) to KFP YAML in pipelines/compiled/
     (deterministic: commit the result)."""
     if pipeline is None and pipeline_file is None and out is None:
         files = all_pipeline_files()

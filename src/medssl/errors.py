@@ -65,6 +65,12 @@ class ResourceError(EnvironmentProblem):
     """Out of (GPU or host) memory."""
 
 
+class RunFailed(MedsslError):
+    """A run as a whole failed (every trial of a sweep): exit 1, like a failed pipeline run."""
+
+    exit_code = EXIT_VALIDATION
+
+
 class Interrupted(MedsslError):
     """Ctrl-C (SIGINT) or SIGTERM."""
 

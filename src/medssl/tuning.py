@@ -161,6 +161,16 @@ def build_space(space: Mapping[str, Any], seeds: int) -> list[Dimension]:
     return dims
 
 
+def refuse_test_metric(metric: str, what: str) -> None:
+    """A configuration that will be used (written back, registered) must not be chosen by a
+    number measured on the test split."""
+    if metric.startswith("test_"):
+        raise ConfigError(
+            f"{what}: tune.metric {metric} is measured on the test split; choosing a "
+            "configuration by it leaks the test set into the model: sweep on a val_ metric"
+        )
+
+
 def assignments(dim: Dimension, value: Any) -> dict[str, Any]:
     return dict.fromkeys(dim.targets, value)
 

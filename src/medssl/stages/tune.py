@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.config import Params, TuneConfig, build_params
-from medssl.errors import ConfigError, EnvironmentProblem
+from medssl.errors import ConfigError, EnvironmentProblem, RunFailed
 from medssl.fileio import atomic_write_text, partial_dir
 from medssl.tracking.base import NullTracker, Tracker
 from medssl.tuning import (
@@ -185,7 +185,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             _restore_checkpoint(Path(d), tdir)
     tracker, finish = _trial_tracker(ctx, tdir, name, key, params)
     try:
-        final = run_chain(ctx.chain, Path(ctx.dataset), tdir, params, tracker, ctx.checkpoints)
+        dataset = materialize(ctx.dataset) if "://" in ctx.dataset else Path(ctx.dataset)
+        final = run_chain(ctx.chain, dataset, tdir, params, tracker, ctx.checkpoints)
     except BaseException as exc:
         finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -316,20 +317,13 @@ def _trial_tracker(
     trial continues), and a function that ends it with a status."""
     if not ctx.tracking:
         return NullTracker(), lambda status: None
-    from mlflow.exceptions import MlflowException
 
     from medssl.tracking.runs import TAG_KIND, MlflowTracker, client
 
     os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking["uri"]
     mc = client()
     exp, parent = ctx.tracking["experiment_id"], ctx.tracking["parent_run_id"]
-    id_file = tdir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else ""
-    if run_id:
-        try:
-            mc.update_run(run_id, status="RUNNING")
-        except MlflowException:
-            run_id = ""
+    run_id = _reopen(mc, tdir / RUN_ID_FILE)
     if not run_id:
         run = mc.create_run(
             exp,
@@ -343,7 +337,7 @@ def _trial_tracker(
             },
         )
         run_id = run.info.run_id
-        atomic_write_text(id_file, run_id + "\n")
+        atomic_write_text(tdir / RUN_ID_FILE, run_id + "\n")
         tracker = MlflowTracker(mc, run_id, stage="tune", parent_run_id=parent, experiment_id=exp)
         dump = params.dump()
         dump.pop("tune", None)
@@ -478,7 +472,8 @@ def tune_sweep(
 
     started = time.perf_counter()
     plan = plan_sweep(params, cfg, cli_space or {})
-    dataset_dir = Path(dataset_dir).resolve()
+    dataset_uri = str(dataset_dir) if "://" in str(dataset_dir) else None
+    dataset_dir = materialize(dataset_uri) if dataset_uri else Path(dataset_dir).resolve()
     read_info(dataset_dir)
     out_dir = Path(out_dir).resolve()
     storage = cfg.storage or str(out_dir / RAY_DIR)
@@ -495,7 +490,7 @@ def tune_sweep(
     fixed = build_params(dict(base), override_texts(fixed_values)).dump()  # every trial's
     sweep_run, tracking = _sweep_run(out_dir, params, cfg, plan, dataset_dir, name, resume, track)
     ctx = TrialContext(
-        dataset=str(dataset_dir),
+        dataset=dataset_uri or str(dataset_dir),  # a URI: every node fetches its own copy
         base=base,
         dims=tuple(plan.dims),
         chain=cfg.chain,
@@ -506,7 +501,7 @@ def tune_sweep(
     )
     sweep_info = {
         "name": name,
-        "dataset": str(dataset_dir),
+        "dataset": dataset_uri or str(dataset_dir),
         "chain": cfg.chain,
         "space": [d.describe() for d in plan.dims],
         "metric": cfg.metric,
@@ -529,6 +524,13 @@ def tune_sweep(
         result.sweep_run_id = sweep_run.run_id
         _log_sweep(sweep_run, result, frame, cfg.metric)
         _mark_stopped(out_dir / TRIALS_DIR, frame, tracking)
+        if result.trials and not result.completed:
+            errors = frame["error"].dropna() if "error" in frame else pd.Series(dtype=str)
+            first = f": {errors.iloc[0]}" if len(errors) else ""
+            raise RunFailed(
+                f"sweep {name!r}: no trial completed ({result.errored} failed, {result.stopped} "
+                f"stopped; {out_dir / RESULTS_FILE}){first}"
+            )
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -585,10 +587,13 @@ def _run_ray(
         ray.init(
             address=os.environ.get("RAY_ADDRESS") or None,
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,
             log_to_driver=False,
             configure_logging=True,
         )
+    # a failed trial is one line from _Progress, and results.csv keeps its error: not Ray's
+    # traceback on the terminal
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     resources = {k: float(v) for k, v in cfg.resources.items() if v}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     scheduler = (
@@ -666,13 +671,22 @@ class _Progress:
             def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
                 self.done += 1
                 print(
-                    f"[{time.strftime('%H:%M:%S')}] trial {trial_name(trial.config, plan.dims)} "
-                    f"failed: {trial.error_file or 'see the Ray logs'}",
+                    f"[{time.strftime('%H:%M:%S')}] trial {self.done}/{total or len(trials)} "
+                    f"{trial_name(trial.config, plan.dims)} failed: {_last_line(trial.error_file)}",
                     file=sys.stderr,
                     flush=True,
                 )
 
         return Progress()
+
+
+def _last_line(path: str | None) -> str:
+    """The last line of a trial's error file (the exception), or where to look."""
+    try:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()] if path else []
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else "see the Ray logs"
 
 
 def results_frame(grid: Any, plan: SweepPlan, chain: str) -> pd.DataFrame:
@@ -689,6 +703,8 @@ def results_frame(grid: Any, plan: SweepPlan, chain: str) -> pd.DataFrame:
             row[dim.key] = config.get(dim.key)
         if res.error is not None:
             status = "failed"
+            text = str(res.error).strip().splitlines()
+            row["error"] = (text[-1] if text else type(res.error).__name__)[:300]
         elif metrics.get(DONE):
             status = "completed"
         else:
@@ -842,7 +858,6 @@ def _sweep_run(
 
     if not (track and tracking_enabled()):
         return NullTracker(), None
-    from mlflow.exceptions import MlflowException
 
     from medssl.tracking.runs import (
         TAG_KIND,
@@ -858,12 +873,7 @@ def _sweep_run(
     exp = experiment_id(mc, params.register_.experiment)
     tags = base_tags(git_commit(), dataset_dir)
     id_file = out_dir / SWEEP_RUN_FILE
-    run_id = id_file.read_text().strip() if resume and id_file.is_file() else ""
-    if run_id:
-        try:
-            mc.update_run(run_id, status="RUNNING")
-        except MlflowException:
-            run_id = ""
+    run_id = _reopen(mc, id_file) if resume else ""
     if not run_id:
         run = mc.create_run(exp, run_name=f"tune-{name}", tags={**tags, TAG_KIND: "sweep"})
         run_id = run.info.run_id
@@ -949,6 +959,19 @@ def _end_sweep_run(tracker: Tracker, tracking: dict[str, Any] | None, status: st
         mc.set_terminated(tracker.run_id, status)
 
 
+def _reopen(mc: Any, id_file: Path) -> str:
+    """The MLflow run whose id `id_file` holds, set RUNNING again ("" when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = id_file.read_text().strip() if id_file.is_file() else ""
+    if run_id:
+        try:
+            mc.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            return ""
+    return run_id
+
+
 def _suppress() -> Any:
     from contextlib import suppress
 
@@ -990,6 +1013,7 @@ def job_entrypoint(
         "--chain", cfg.chain, "--metric", cfg.metric, "--mode", cfg.mode,
         "--seeds", str(cfg.seeds), "--samples", str(cfg.num_samples),
         "--scheduler", cfg.scheduler, "--max-concurrent", str(cfg.max_concurrent),
+        "--max-failures", str(cfg.max_failures),
         "--cpu", f"{cfg.resources.get('cpu', 1):g}", "--gpu", f"{cfg.resources.get('gpu', 0):g}",
     ]  # fmt: skip
     if cfg.storage:
@@ -1015,6 +1039,9 @@ def submit_sweep(
         client = JobSubmissionClient(cfg.address)
     except Exception as exc:
         raise ServiceError(f"Ray cluster {cfg.address}: {str(exc).splitlines()[0][:200]}") from None
+    if "://" not in str(dataset):  # the cluster's pods cannot see this machine's folders
+        dataset = upload_dataset(Path(dataset), f"{cfg.storage.rstrip('/')}/{name}/dataset")
+        print(f"uploaded the dataset to {dataset}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="medssl-tune-job-") as tmp:
         shutil.copy2(params_file, Path(tmp) / "params.yaml")
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -1061,6 +1088,58 @@ def _storage_fs(uri: str) -> tuple[Any, str]:
     import pyarrow.fs
 
     return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def upload_dataset(dataset_dir: Path, uri: str) -> str:
+    """A self-contained copy of a dataset folder (its tables, and its images even when they live
+    in the archive it was split from) at `uri`, for a cluster's nodes to fetch (`materialize`)."""
+    import pyarrow.fs
+    import yaml
+
+    from medssl.data.contract import INFO_FILE, MANIFEST_FILE, image_dir, read_info
+
+    info = read_info(dataset_dir)
+    fs, root = _storage_fs(uri)
+    fs.create_dir(root, recursive=True)
+    local = pyarrow.fs.LocalFileSystem()
+    for item in Path(dataset_dir).iterdir():
+        if item.is_file() and item.name != INFO_FILE:
+            pyarrow.fs.copy_files(str(item), f"{root}/{item.name}", local, fs)
+    images = image_dir(dataset_dir, info)  # the manifest's paths are relative to it
+    manifest = pd.read_parquet(Path(dataset_dir) / MANIFEST_FILE, columns=["image"])
+    for top in sorted({p.split("/", 1)[0] for p in manifest["image"]}):
+        pyarrow.fs.copy_files(str(images / top), f"{root}/{top}", local, fs, use_threads=True)
+    raw = yaml.safe_load((Path(dataset_dir) / INFO_FILE).read_text())
+    raw["image_root"] = "."
+    with fs.open_output_stream(f"{root}/{INFO_FILE}") as stream:
+        stream.write(yaml.safe_dump(raw, sort_keys=False).encode())
+    return uri
+
+
+def materialize(uri: str) -> Path:
+    """A dataset at a storage URI as a local folder, downloaded once per node (a lock keeps
+    concurrent trials from fetching it twice; a `.complete` marker from using half a copy)."""
+    import fcntl
+    import hashlib
+
+    import pyarrow.fs
+
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / "medssl-datasets" / digest
+    done = target / ".complete"
+    if done.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            fs, root = _storage_fs(uri)
+            if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+                raise ConfigError(f"no dataset at {uri}")
+            pyarrow.fs.copy_files(root, str(target), fs, pyarrow.fs.LocalFileSystem())
+            done.write_text(uri + "\n")
+    return target
 
 
 def publish_summary(out_dir: Path, storage: str, name: str) -> None:
