@@ -68,7 +68,9 @@ def test_space_entries_parse_into_grids_ranges_choices_and_fixed_values():
         ({"train.lr": "loguniform(0, 1)"}, 1, "low > 0"),
         ({"train.batch_exams": "randint(1.5, 4)"}, 1, "integers"),
         ({"lambda": [1, 2]}, 1, "expected section.key"),
-        ({"tune.seeds": [1, 2]}, 1, "cannot be swept"),
+        ({"tune.seeds": [1, 2]}, 1, "a trial does not read tune"),
+        ({"split.seed": [0, 1]}, 1, "a trial does not read split"),
+        ({"train.lr": "loguniform(1e-5, 1e-3)"}, 2, "Ray draws it anew for every seed"),
         ({"lsd.lambda": [1], "pica.lambda,lsd.lambda": [2]}, 1, "set by both"),
         ({"pretrain.seed": [0, 1]}, 2, "tune.seeds=2 sets it too"),
         ({"pretrain.max_steps": 3}, 1, "nothing to search"),
@@ -131,17 +133,17 @@ def _plan() -> SweepPlan:
 
 
 def test_the_best_configuration_is_the_best_mean_over_seeds_of_completed_trials():
+    rows = [(1, 0, "completed", 0.9), (1, 1, "completed", 0.1), (2, 0, "completed", 0.6)]
+    rows += [(2, 1, "completed", 0.6), (1, 2, "stopped", 0.99)]
     frame = pd.DataFrame(
         [
-            {"lsd.lambda": 1, "seed": 0, "status": "completed", "val_nmi": 0.9},
-            {"lsd.lambda": 1, "seed": 1, "status": "completed", "val_nmi": 0.1},
-            {"lsd.lambda": 2, "seed": 0, "status": "completed", "val_nmi": 0.6},
-            {"lsd.lambda": 2, "seed": 1, "status": "completed", "val_nmi": 0.6},
-            {"lsd.lambda": 1, "seed": 2, "status": "stopped", "val_nmi": 0.99},
+            {"config": json.dumps({"lsd.lambda": lam}), "seed": seed, "status": st, "val_nmi": v}
+            for lam, seed, st, v in rows
         ]
     )
     best = best_config(frame, _plan(), "max")
     assert best["params"] == {"lsd.lambda": 2} and best["trials"] == 2
+    assert isinstance(best["params"]["lsd.lambda"], int)  # types kept (no 2.0, no NaN for null)
     assert best["value"] == pytest.approx(0.6)
     assert best_config(frame, _plan(), "min")["params"] == {"lsd.lambda": 1}
 
@@ -176,6 +178,21 @@ def test_apply_writes_values_in_place_keeping_comments_and_layout(tmp_path):
     with pytest.raises(ConfigError, match="would no longer load"):
         apply_to_params(path, {"lsd.alpha": 0.5})
     assert load_params(path).method_params("lsd").alpha == 1.1  # refused: file unchanged
+
+
+def test_apply_keeps_crlf_inserts_after_nested_blocks_and_refuses_flow_sections(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(
+        b"split:\r\n  seed: 0\r\n  fractions:\r\n    unlabeled: 0.5\r\n    train: 0.5\r\n"
+    )
+    apply_to_params(path, {"split.resplit": True, "split.seed": 3})
+    text = path.read_bytes().decode()
+    expected = "split:\r\n  seed: 3\r\n  fractions:\r\n    unlabeled: 0.5\r\n    train: 0.5\r\n"
+    assert text == expected + "  resplit: true\r\n"
+    path.write_text("lsd: {lambda: 2.0, alpha: 1.5}\n")
+    with pytest.raises(ConfigError, match="not one block mapping"):
+        apply_to_params(path, {"lsd.lambda": 5.0})
+    assert path.read_text() == "lsd: {lambda: 2.0, alpha: 1.5}\n"
 
 
 def test_a_cluster_sweep_passes_its_settings_and_summary_through_the_storage(tmp_path):
@@ -221,6 +238,39 @@ def test_bad_sweeps_are_refused_in_one_line(capsys, tiny_split, tmp_path, args, 
     out = cli(capsys, "tune", tiny_split, "--params", NO_PARAMS, "--out", tmp_path / "o", *args)
     expect_error(out, code, fragment)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["-S", "lsd.lambda=[1,2]", "--mode", "maximum"], "parameter 'tune.mode'"),
+        (["-S", "lsd.lambda=[1,2]", "--seeds", "0"], "parameter 'tune.seeds'"),
+        (["-S", "lsd.lambda=[1,2]", "--cpu", "4096"], "this machine has"),
+        (["--preset", "lambda-sensitivity", "-S", "pretrain.method=lsd"], "tune.plot"),
+    ],
+)
+def test_bad_flags_are_one_line_before_any_trial(capsys, tiny_split, tmp_path, args, fragment):
+    out = cli(
+        capsys, "tune", tiny_split, "--params", REPO / "params.yaml", "--out", tmp_path / "o",
+        *args,
+    )  # fmt: skip
+    line = out.error_line()
+    assert fragment in line and out.code in (2, 3), line
+
+
+def test_resume_refuses_another_space(tmp_path):
+    from medssl.stages.tune import _check_same_sweep
+
+    params = load_params(NO_PARAMS)
+    plan = plan_sweep(params, params.tune, {"lsd.lambda": [1, 2]})
+    (tmp_path / "sweep.json").write_text(
+        json.dumps({"space": [d.describe() for d in plan.dims], "chain": "pretrain",
+                    "metric": "val_nmi"})
+    )  # fmt: skip
+    _check_same_sweep(tmp_path, plan, params.tune)  # the same: fine
+    other = plan_sweep(params, params.tune.model_copy(update={"seeds": 2}), {"lsd.lambda": [1, 2]})
+    with pytest.raises(ConfigError, match="resume with the same preset"):
+        _check_same_sweep(tmp_path, other, params.tune)
 
 
 def test_a_gpu_request_on_a_machine_without_one_is_refused_up_front(capsys, tiny_split, tmp_path):

@@ -508,9 +508,7 @@ def tune_cmd(
         resources["cpu"] = cpu
     if gpu is not None:
         resources["gpu"] = gpu
-    tune_cfg = type(tune_cfg).model_validate(
-        {**tune_cfg.model_dump(), **updates, "resources": resources}
-    )
+    tune_cfg = tune_cfg.with_updates({**updates, "resources": resources})
     cli_space = parse_cli_space(space or [])
     sweep_name = name or preset or "sweep"
     out_dir = out or Path("reports/tune") / sweep_name
@@ -520,7 +518,16 @@ def tune_cmd(
         from medssl.stages.tune import plan_sweep
 
         plan_sweep(cfg, tune_cfg, cli_space)  # bad input: one line here, not in the job log
-        typer.echo(submit_sweep(tune_cfg, dataset, out_dir, params, preset, cli_space, sweep_name))
+        typer.echo(
+            submit_sweep(
+                tune_cfg, dataset, out_dir, params, preset, cli_space, sweep_name,
+                resume=resume, track=track,
+            )
+        )  # fmt: skip
+        best = json.loads((Path(out_dir) / "best.json").read_text())
+        if apply and best:
+            changed = apply_to_params(params, best["params"])
+            typer.echo(f"applied to params: {', '.join(changed) or 'nothing changed'}")
         return
     from medssl.data.contract import read_info
 

@@ -275,6 +275,13 @@ class TuneConfig(TuneSettings):
                 ) from None
         return self
 
+    def with_updates(self, updates: dict[str, Any]) -> TuneConfig:
+        """This section with `updates` (command-line flags), validated: one line for a bad one."""
+        try:
+            return TuneConfig.model_validate({**self.model_dump(), **updates})
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, _known_keys(TuneConfig), prefix="tune.")) from None
+
     def with_preset(self, name: str | None) -> TuneConfig:
         """This section with preset `name`'s keys in place of its own (None: as it is)."""
         if name is None:
@@ -282,7 +289,7 @@ class TuneConfig(TuneSettings):
         if name not in self.presets:
             known = ", ".join(sorted(self.presets)) or "none"
             raise ConfigError(f"no tune preset {name!r} in params.yaml (presets: {known})")
-        return TuneConfig.model_validate({**self.model_dump(), **self.presets[name]})
+        return self.with_updates(self.presets[name])
 
 
 class Params(Section):

@@ -30,7 +30,9 @@ SEED_KEY = "seed"
 SEED_TARGETS = ("pretrain.seed", "train.seed")  # a trial's seed: every stage it runs
 KINDS = ("grid", "fixed", "uniform", "loguniform", "randint", "choice")
 _FUNCTION = re.compile(r"^\s*(uniform|loguniform|randint|choice)\s*\((.*)\)\s*$", re.S)
-_UNSWEEPABLE = ("tune",)
+# what a trial reads: the loop stages, evaluate and the methods' sections (data, split … are the
+# dataset's, fixed before the sweep; tune is the sweep itself)
+_SWEEPABLE = ("pretrain", "train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,15 @@ def parse_value(key: str, value: Any) -> Dimension:
     targets = tuple(t.strip() for t in key.split(","))
     if not key.strip() or any(not t or "." not in t for t in targets):
         raise ConfigError(f"tune space key {key!r}: expected section.key (or k1,k2 for a tie)")
-    if any(t.split(".")[0] in _UNSWEEPABLE for t in targets):
-        raise ConfigError(f"tune space key {key!r}: the tune section itself cannot be swept")
+    from medssl.config import method_sections
+
+    sweepable = (*_SWEEPABLE, *method_sections())
+    outside = [t for t in targets if t.split(".")[0] not in sweepable]
+    if outside:
+        raise ConfigError(
+            f"tune space key {key!r}: a trial does not read {outside[0].split('.')[0]}.* "
+            f"(sweepable sections: {', '.join(sweepable)})"
+        )
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"tune space {key}: an empty grid")
@@ -153,6 +162,12 @@ def build_space(space: Mapping[str, Any], seeds: int) -> list[Dimension]:
         if clash:
             raise ConfigError(f"tune space: {clash[0]} is swept and tune.seeds={seeds} sets it too")
         dims.append(Dimension(SEED_KEY, SEED_TARGETS, "grid", tuple(range(seeds))))
+    sampled = [d.key for d in dims if d.searched and d.kind != "grid"]
+    if seeds > 1 and sampled:
+        raise ConfigError(
+            f"tune.seeds={seeds} with the sampled key {sampled[0]}: Ray draws it anew for every "
+            "seed, so no configuration is repeated over seeds; use a grid, or seeds 1"
+        )
     if not any(d.searched for d in dims):
         raise ConfigError(
             "tune: nothing to search: give a grid or a range (-S lsd.lambda=[1,2,5], "
@@ -225,26 +240,30 @@ def _scalar_text(value: Any) -> str:
 
 
 def apply_to_params(path: Path, values: Mapping[str, Any]) -> list[str]:
-    """Write {section.key: value} into the params file in place (the line's comment and the
-    rest of the file unchanged; a missing key is added to its section) and check that the file
-    then loads with exactly these values. Returns the changed keys."""
+    """Write {section.key: value} into the params file in place (the line's comment, the line
+    endings and the rest of the file unchanged; a missing key is added to its section) and check
+    that the file then loads with exactly these values. Returns the changed keys."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"--apply: cannot read {path} ({exc.strerror})") from None
+        text = path.read_bytes().decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--apply: cannot read {path} ({exc})") from None
     lines = text.splitlines(keepends=True)
+    nl = "\r\n" if "\r\n" in text else "\n"
     changed = []
     for key, value in values.items():
         section, _, leaf = key.partition(".")
         if not leaf or "." in leaf:
             raise ConfigError(f"--apply: {key}: only section.key values can be written back")
-        if _set_line(lines, section, leaf, _yaml_scalar(value)):
+        if _set_line(lines, section, leaf, _yaml_scalar(value), nl, path):
             changed.append(key)
     new_text = "".join(lines)
     if new_text == text:
         return []
-    checked = yaml.safe_load(new_text) or {}
+    try:
+        checked = yaml.safe_load(new_text) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"--apply: {path} would not be valid YAML: set {key} by hand") from None
     for key, value in values.items():
         section, _, leaf = key.partition(".")
         got = (checked.get(section) or {}).get(leaf)
@@ -260,15 +279,22 @@ def apply_to_params(path: Path, values: Mapping[str, Any]) -> list[str]:
     return changed
 
 
-def _set_line(lines: list[str], section: str, leaf: str, value: str) -> bool:
-    head = re.compile(rf"^{re.escape(section)}:\s*(#.*)?$")
-    start = next((i for i, line in enumerate(lines) if head.match(line.rstrip("\n"))), None)
-    if start is None:
+def _set_line(lines: list[str], section: str, leaf: str, value: str, nl: str, path: Path) -> bool:
+    block = re.compile(rf"^{re.escape(section)}:\s*(#.*)?$")
+    header = re.compile(rf"^{re.escape(section)}:")
+    heads = [i for i, line in enumerate(lines) if header.match(line)]
+    if len(heads) > 1 or (heads and not block.match(lines[heads[0]].rstrip("\r\n"))):
+        raise ConfigError(
+            f"--apply: section {section!r} of {path} is not one block mapping (flow style, an "
+            f"anchor or twice): set {section}.{leaf}={value} by hand"
+        )
+    if not heads:
         if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines.extend(["\n", f"{section}:\n", f"  {leaf}: {value}\n"])
+            lines[-1] += nl
+        lines.extend([nl, f"{section}:{nl}", f"  {leaf}: {value}{nl}"])
         return True
-    indent, last_key = None, start
+    start = heads[0]
+    indent, last = None, start
     for i in range(start + 1, len(lines)):
         stripped = lines[i].strip()
         if not stripped or stripped.startswith("#"):
@@ -276,13 +302,13 @@ def _set_line(lines: list[str], section: str, leaf: str, value: str) -> bool:
         current = len(lines[i]) - len(lines[i].lstrip(" "))
         if current == 0:
             break
+        last = i  # the section's last line (a nested block's too)
         if indent is None:
             indent = current
         if current == indent:
-            last_key = i
-            body = lines[i].rstrip("\n")
+            body = lines[i].rstrip("\r\n")
             newline = lines[i][len(body) :]
-            m = re.match(rf"^(\s*{re.escape(leaf)}:)(\s*)([^#]*?)(\s*)(#.*)?$", body)
+            m = re.match(rf"^(\s*{re.escape(leaf)}:)(\s*)([^#'\"]*?)(\s*)(#.*)?$", body)
             if m:
                 old = m.group(3)
                 if old == value:
@@ -291,7 +317,11 @@ def _set_line(lines: list[str], section: str, leaf: str, value: str) -> bool:
                 comment = f"{' ' * pad}{m.group(5)}" if m.group(5) else ""
                 lines[i] = f"{m.group(1)} {value}{comment}{newline}"
                 return True
-    lines.insert(last_key + 1, f"{' ' * (indent or 2)}{leaf}: {value}\n")
+            if re.match(rf"^\s*{re.escape(leaf)}:", body):  # a quoted value: not rewritten
+                raise ConfigError(f"--apply: {path}: set {section}.{leaf}={value} by hand")
+    if not lines[last].endswith("\n"):
+        lines[last] += nl
+    lines.insert(last + 1, f"{' ' * (indent or 2)}{leaf}: {value}{nl}")
     return True
 
 

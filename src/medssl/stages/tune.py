@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from medssl.config import Params, TuneConfig, build_params
@@ -171,7 +171,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     dims = list(ctx.dims)
     values = trial_values(config, dims)
     params = build_params(dict(ctx.base), override_texts(values))
-    key = trial_key(values)
+    key = trial_key(tune.get_context().get_trial_id())
     tdir = Path(ctx.trials_dir) / key
     tdir.mkdir(parents=True, exist_ok=True)
     name = trial_name(config, dims)
@@ -251,12 +251,23 @@ def run_chain(
     return {**reporter.last, **out}
 
 
-def trial_key(values: Mapping[str, Any]) -> str:
-    """A trial's folder name: the same values, the same folder (a resumed sweep finds it)."""
-    import hashlib
+def trial_key(trial_id: str) -> str:
+    """A trial's folder name, from Ray's trial id (kept by `Tuner.restore`, so a resumed sweep
+    finds the folder; unique even when two trials draw the same values)."""
+    return f"trial-{trial_id}"
 
-    blob = json.dumps(dict(sorted(values.items())), sort_keys=True, default=str)
-    return "trial-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+_TRIAL_DIR = re.compile(r"^run_trial_([0-9a-f]+_\d+)_")
+
+
+def _trial_id(res: Any) -> str:
+    """A result's trial id: reported, or from its Ray folder name (a trial that never
+    reported)."""
+    found = (res.metrics or {}).get("trial_id")
+    if found:
+        return str(found)
+    m = _TRIAL_DIR.match(Path(str(res.path)).name)
+    return m.group(1) if m else Path(str(res.path)).name
 
 
 def _finished(folder: Path) -> dict[str, float] | None:
@@ -432,6 +443,13 @@ def plan_sweep(params: Params, cfg: TuneConfig, cli_space: Mapping[str, Any]) ->
     for key in ("cpu", "gpu"):
         if cfg.resources.get(key, 0) < 0:
             raise ConfigError(f"tune.resources.{key} must be >= 0")
+    _plot_keys(dims, cfg)
+    cpus = cfg.resources.get("cpu", 1)
+    if not cfg.address and cpus > (os.cpu_count() or 1):
+        raise EnvironmentProblem(
+            f"tune.resources.cpu={cpus:g} per trial but this machine has {os.cpu_count()} CPUs: "
+            "Ray would keep every trial PENDING; use --cpu 1, or --address of a Ray cluster"
+        )
     gpus = cfg.resources.get("gpu", 0)
     if gpus > 0 and not cfg.address:
         have = _local_gpus()
@@ -484,6 +502,8 @@ def tune_sweep(
             f"{out_dir} holds sweep {name!r} already: --resume continues it, or choose "
             "another --out (or delete it)"
         )
+    if resume:
+        _check_same_sweep(out_dir, plan, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _absolute_paths(base_config(params))
     fixed_values = {t: d.values[0] for d in plan.dims if not d.searched for t in d.targets}
@@ -542,6 +562,22 @@ def tune_sweep(
     return result
 
 
+def _check_same_sweep(out_dir: Path, plan: SweepPlan, cfg: TuneConfig) -> None:
+    """--resume continues the sweep that ran: the same space, chain and metric (restored trials
+    keep their configs; another space would map them to other values)."""
+    try:
+        old = json.loads((out_dir / SWEEP_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    new = {"space": [d.describe() for d in plan.dims], "chain": cfg.chain, "metric": cfg.metric}
+    for key, value in new.items():
+        if old.get(key) != value:
+            raise ConfigError(
+                f"--resume: {out_dir} ran {key} {old.get(key)!r}, this command gives {value!r}: "
+                "resume with the same preset, -S, --seeds and --metric (or another --out)"
+            )
+
+
 def _absolute_paths(base: dict[str, Any]) -> dict[str, Any]:
     """Relative paths of the config made absolute: trials may run in another directory."""
     for section in ("pretrain", "train"):
@@ -580,6 +616,9 @@ def _run_ray(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # Ctrl-C / SIGTERM: KeyboardInterrupt (the sweep run ends KILLED, exit 130, nothing applied),
+    # not Ray's handler, which ends fit() as if the sweep were complete
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
@@ -697,10 +736,13 @@ def results_frame(grid: Any, plan: SweepPlan, chain: str) -> pd.DataFrame:
     for res in grid:
         config = res.config or {}
         metrics = res.metrics or {}
-        values = trial_values(config, plan.dims)
-        row: dict[str, Any] = {"trial": trial_key(values)}
+        row: dict[str, Any] = {"trial": trial_key(_trial_id(res))}
         for dim in plan.searched:
             row[dim.key] = config.get(dim.key)
+        # the configuration (seeds pooled) as JSON: its values keep their types (int, null)
+        row["config"] = json.dumps(
+            {d.key: config.get(d.key) for d in plan.searched if d.key != SEED_KEY}, sort_keys=True
+        )
         if res.error is not None:
             status = "failed"
             text = str(res.error).strip().splitlines()
@@ -725,12 +767,9 @@ def best_config(frame: pd.DataFrame, plan: SweepPlan, mode: str) -> dict[str, An
     done = frame[frame["status"] == "completed"] if "status" in frame else frame
     if done.empty or plan.metric not in done:
         return None
-    keys = [d.key for d in plan.searched if d.key != SEED_KEY]
-    if not keys:
-        keys = [SEED_KEY]
-    grouped = done.groupby(keys, dropna=False)[plan.metric].agg(["mean", "count"]).reset_index()
+    grouped = done.groupby("config")[plan.metric].agg(["mean", "count"]).reset_index()
     best = grouped.loc[grouped["mean"].idxmax() if mode == "max" else grouped["mean"].idxmin()]
-    space_values = {k: _plain(best[k]) for k in keys if k != SEED_KEY}
+    space_values = json.loads(best["config"])
     params_values: dict[str, Any] = {}
     for dim in plan.searched:
         if dim.key in space_values:
@@ -743,12 +782,6 @@ def best_config(frame: pd.DataFrame, plan: SweepPlan, mode: str) -> dict[str, An
         "values": space_values,
         "params": params_values,
     }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def summary_table(frame: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
@@ -798,7 +831,7 @@ def write_summary(
         lines += ["", f"Best: {shown}: mean {cfg.metric} {best['value']:.4f} over {best['trials']}"]
     atomic_write_text(out_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
     paths = {n: out_dir / n for n in (RESULTS_FILE, SUMMARY_FILE, BEST_FILE, SWEEP_FILE)}
-    x, hue = _plot_keys(plan, cfg)
+    x, hue = _plot_keys(plan.dims, cfg)
     done = frame[frame["status"] == "completed"]
     if x is not None and not done.empty and cfg.metric in done:
         plot_sweep(done, x, hue, cfg.metric, out_dir / PLOT_FILE, f"{name}: {cfg.metric}")
@@ -818,8 +851,10 @@ def write_summary(
     )
 
 
-def _plot_keys(plan: SweepPlan, cfg: TuneConfig) -> tuple[str | None, str | None]:
-    keys = [d.key for d in plan.searched if d.key != SEED_KEY]
+def _plot_keys(dims: list[Dimension], cfg: TuneConfig) -> tuple[str | None, str | None]:
+    """sweep.png's x and hue keys: tune.plot's, else the last searched key and the first other
+    one."""
+    keys = [d.key for d in dims if d.searched and d.key != SEED_KEY]
     x = cfg.plot.get("x") or (keys[-1] if keys else None)
     hue = cfg.plot.get("hue") or next((k for k in keys if k != x), None)
     for key in (x, hue):
@@ -906,7 +941,8 @@ def _sweep_run(
 def _log_sweep(tracker: Tracker, result: SweepResult, frame: pd.DataFrame, metric: str) -> None:
     if result.best:
         tracker.log_metrics({f"best_{metric}": result.best["value"]})
-        tracker.log_params({f"best.{k}": v for k, v in result.best["params"].items()})
+        # tags, not params: a resumed sweep may find another best
+        tracker.set_tags({f"best.{k}": v for k, v in result.best["params"].items()})
     tracker.log_metrics(
         {
             "trials": result.trials,
@@ -1023,7 +1059,8 @@ def job_entrypoint(
 
 def submit_sweep(
     cfg: TuneConfig, dataset: Path, out_dir: Path, params_file: Path, preset: str | None,
-    cli_space: Mapping[str, Any], name: str, *, poll_s: float = 2.0,
+    cli_space: Mapping[str, Any], name: str, *, resume: bool = False, track: bool = True,
+    poll_s: float = 2.0,
 ) -> str:  # fmt: skip
     """Submit the sweep to the Ray cluster at `cfg.address` as a Ray Job (`JobSubmissionClient`),
     stream its log, wait, and copy the summary (best.json …) from the storage into `out_dir`."""
@@ -1040,16 +1077,24 @@ def submit_sweep(
     except Exception as exc:
         raise ServiceError(f"Ray cluster {cfg.address}: {str(exc).splitlines()[0][:200]}") from None
     if "://" not in str(dataset):  # the cluster's pods cannot see this machine's folders
-        dataset = upload_dataset(Path(dataset), f"{cfg.storage.rstrip('/')}/{name}/dataset")
-        print(f"uploaded the dataset to {dataset}", file=sys.stderr, flush=True)
+        uri = f"{cfg.storage.rstrip('/')}/{name}/dataset"
+        if not resume:  # a resumed sweep reads the copy it was given
+            upload_dataset(Path(dataset), uri)
+            print(f"uploaded the dataset to {uri}", file=sys.stderr, flush=True)
+        dataset = uri
     with tempfile.TemporaryDirectory(prefix="medssl-tune-job-") as tmp:
         shutil.copy2(params_file, Path(tmp) / "params.yaml")
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        if not track:
+            env["MEDSSL_TRACKING"] = "0"
+        entrypoint = job_entrypoint(cfg, dataset, out_dir, preset, cli_space, name)
+        if resume:
+            entrypoint += " --resume"
         deadline = time.monotonic() + 60
         while True:  # a cluster just started answers "no available agent … try again" a while
             try:
                 job = client.submit_job(
-                    entrypoint=job_entrypoint(cfg, dataset, out_dir, preset, cli_space, name),
+                    entrypoint=entrypoint,
                     runtime_env={"working_dir": tmp, "env_vars": {**env, JOB_ENV: "1"}},
                     metadata={"medssl.sweep": name},
                 )
@@ -1062,16 +1107,21 @@ def submit_sweep(
                 raise ServiceError(f"Ray cluster {cfg.address} refused the job: {reason}") from None
     print(f"submitted Ray Job {job} to {cfg.address}", file=sys.stderr, flush=True)
     shown = 0
-    while True:
-        status = client.get_job_status(job)
-        logs = client.get_job_logs(job)
-        if len(logs) > shown:
-            sys.stderr.write(logs[shown:])
-            sys.stderr.flush()
-            shown = len(logs)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            break
-        time.sleep(poll_s)
+    try:
+        while True:
+            status = client.get_job_status(job)
+            logs = client.get_job_logs(job)
+            if len(logs) > shown:
+                sys.stderr.write(logs[shown:])
+                sys.stderr.flush()
+                shown = len(logs)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:  # Ctrl-C here stops the job too (it would run on unwatched)
+        with _suppress():
+            client.stop_job(job)
+        raise
     if status != JobStatus.SUCCEEDED:
         last = next((line for line in reversed(logs.splitlines()) if line.strip()), "")
         raise ServiceError(f"Ray Job {job} {status.value.lower()}: {last[:300]}")
