@@ -24,11 +24,11 @@ if str(ROOT) not in sys.path:  # components/ is a top-level folder of the reposi
 
 import components as c  # noqa: E402
 from kfp import dsl  # noqa: E402
-from kfp.dsl.pipeline_channel import PipelineChannel  # noqa: E402
 from pipelines.training import (  # noqa: E402
     DEFAULTS,
     SCALARS,
     compile_spec,
+    data_steps,
     evaluate_and_register,
     step,
 )
@@ -43,33 +43,6 @@ DEFAULT_PRESET = "lambda-sensitivity"
 DEFAULT_METRIC = "val_nmi"  # the preset ranks by a test metric, which the tune step refuses
 # one trial per worker of the RayCluster's GPU group (7 CPUs, 1 GPU each, at most 4 workers)
 TRIAL_CPUS, TRIAL_GPUS, MAX_CONCURRENT = 6.0, 1.0, 4
-
-
-def data_steps(
-    params: PipelineChannel,
-    scalars: dict[str, PipelineChannel | str],
-    data_repo: PipelineChannel,
-    data_rev: PipelineChannel,
-    data_path: PipelineChannel,
-    run_id: str,
-) -> tuple[PipelineChannel, PipelineChannel, PipelineChannel, PipelineChannel]:
-    """resolve-config → data → validate → split, and start-run (the MLflow parent run), as in
-    the training pipeline: (resolved params, dataset, split dataset, parent run id)."""
-    config = c.resolve_config(params=params, **scalars)
-    step(config, cpu="250m", memory="1Gi", cache=True, retry=False)
-    resolved = config.outputs["params"]
-    data = c.data(
-        config=config.outputs["data"], data_repo=data_repo, data_rev=data_rev, data_path=data_path
-    )
-    step(data, cpu="2", memory="8Gi", cache=True, retry=True)
-    dataset = data.outputs["dataset"]
-    validate = c.validate(dataset=dataset, config=config.outputs["validate"])
-    step(validate, cpu="2", memory="8Gi", cache=True, retry=False)
-    split = c.split(dataset=dataset, config=config.outputs["split"]).after(validate)
-    step(split, cpu="1", memory="4Gi", cache=True, retry=False)
-    start = c.start_run(dataset=dataset, params=resolved, kfp_run_id=run_id)
-    step(start, cpu="250m", memory="1Gi", cache=False, retry=True)
-    return resolved, dataset, split.outputs["splits"], start.output
 
 
 @dsl.pipeline(

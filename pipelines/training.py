@@ -108,6 +108,37 @@ def evaluate_and_register(
     step(register, cpu="1", memory="4Gi", cache=False, retry=True)
 
 
+def data_steps(
+    params: PipelineChannel,
+    scalars: dict[str, PipelineChannel | str],
+    data_repo: PipelineChannel,
+    data_rev: PipelineChannel,
+    data_path: PipelineChannel,
+    run_id: str,
+) -> tuple[PipelineChannel, PipelineChannel, PipelineChannel, PipelineChannel]:
+    """resolve-config → data → validate → split, and start-run (the MLflow parent run): what
+    every training-like pipeline starts with; (resolved params, dataset, split dataset, parent
+    run id)."""
+    config = c.resolve_config(params=params, **scalars)
+    step(config, cpu="250m", memory="1Gi", cache=True, retry=False)
+    resolved = config.outputs["params"]
+    data = c.data(
+        config=config.outputs["data"], data_repo=data_repo, data_rev=data_rev, data_path=data_path
+    )
+    # cached on (data_repo, data_rev, data_path, data.*): pass a commit sha, not a branch
+    step(data, cpu="2", memory="8Gi", cache=True, retry=True)
+    dataset = data.outputs["dataset"]
+    validate = c.validate(dataset=dataset, config=config.outputs["validate"])
+    step(validate, cpu="2", memory="8Gi", cache=True, retry=False)
+    split = c.split(dataset=dataset, config=config.outputs["split"]).after(validate)
+    step(split, cpu="1", memory="4Gi", cache=True, retry=False)
+    # The tracked steps take the run's MLflow parent id, so they never hit the cache (a cached
+    # stage would leave this run's parent without its stage run): caching off, explicitly.
+    start = c.start_run(dataset=dataset, params=resolved, kfp_run_id=run_id)
+    step(start, cpu="250m", memory="1Gi", cache=False, retry=True)
+    return resolved, dataset, split.outputs["splits"], start.output
+
+
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description="medssl: data → validate → split → pretrain → train → evaluate → register "
@@ -142,33 +173,9 @@ def training(
     step(finish, cpu="250m", memory="1Gi", cache=False, retry=True)
 
     with dsl.ExitHandler(finish, name="steps"):
-        config = c.resolve_config(params=params, **scalars)
-        step(config, cpu="250m", memory="1Gi", cache=True, retry=False)
-        resolved = config.outputs["params"]
-
-        data = c.data(
-            config=config.outputs["data"],
-            data_repo=data_repo,
-            data_rev=data_rev,
-            data_path=data_path,
+        resolved, dataset, splits, parent = data_steps(
+            params, scalars, data_repo, data_rev, data_path, run_id
         )
-        # cached on (data_repo, data_rev, data_path, data.*): pass a commit sha, not a branch
-        step(data, cpu="2", memory="8Gi", cache=True, retry=True)
-        dataset = data.outputs["dataset"]
-
-        validate = c.validate(dataset=dataset, config=config.outputs["validate"])
-        step(validate, cpu="2", memory="8Gi", cache=True, retry=False)
-
-        split = c.split(dataset=dataset, config=config.outputs["split"]).after(validate)
-        step(split, cpu="1", memory="4Gi", cache=True, retry=False)
-
-        # The tracked steps take the run's MLflow parent id, so they never hit the cache (a cached
-        # stage would leave this run's parent without its stage run): caching off, explicitly.
-        start = c.start_run(dataset=dataset, params=resolved, kfp_run_id=run_id)
-        step(start, cpu="250m", memory="1Gi", cache=False, retry=True)
-        parent = start.output
-
-        splits = split.outputs["splits"]
         with dsl.If(train_init == "checkpoint", name="from-encoder"):
             pretrain = c.pretrain(
                 splits=splits, images=dataset, params=resolved, parent_run_id=parent
