@@ -26,6 +26,7 @@ from medssl.stages.tune import (
     job_entrypoint,
     plan_sweep,
     publish_summary,
+    reported_metrics,
 )
 from medssl.tuning import (
     Dimension,
@@ -495,3 +496,37 @@ def test_a_sweep_whose_every_trial_fails_is_a_failed_run(tiny_split, tmp_path):
     line = expect_error(outcome, 1, "sweep 'sweep': no trial completed (2 failed")
     assert "cuda:7" in line  # the trials' own error, not a Ray traceback
     assert len(pd.read_csv(tmp_path / "sweep" / "results.csv")) == 2
+
+
+def test_a_pretrain_train_trial_chains_the_stages_and_prefixes_the_pretrain_numbers(
+    tiny_split, tmp_path
+):
+    """The chain without Ray (report=False): pretrain, train from its encoder, evaluate; the
+    pretrain half's numbers reach the trial's run under pretrain/ and as pretrain_* finals."""
+    from medssl.config import build_params
+    from medssl.stages.tune import run_chain
+    from medssl.tracking.base import NullTracker
+
+    class Recorder(NullTracker):
+        def __init__(self) -> None:
+            self.keys: set[str] = set()
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self.keys.update(metrics)
+
+    raw = {
+        **SWEEP_PARAMS,
+        "pretrain": {**SWEEP_PARAMS["pretrain"], "max_epochs": 1, "cache_dir": str(tmp_path)},
+        "train": {"device": "cpu", "max_epochs": 1, "batch_exams": 2, "cache_dir": str(tmp_path)},
+    }
+    raw.pop("tune")
+    recorder = Recorder()
+    final = run_chain(
+        "pretrain-train", tiny_split, tmp_path / "t", build_params(raw), recorder, report=False
+    )
+    _, expected = reported_metrics("pretrain-train")
+    assert set(expected) <= set(final)  # every number the chain promises a metric check
+    assert any(k.startswith("pretrain/") for k in recorder.keys)  # the pretrain half, prefixed
+    assert "val_f1_weighted" in recorder.keys  # the train half, as it is
+    summary = json.loads((tmp_path / "t" / "train" / "train.json").read_text())
+    assert summary["init"] == "checkpoint"  # trained from the trial's own encoder

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import pandas as pd
 from medssl.config import Params, TuneConfig, build_params
 from medssl.errors import ConfigError, EnvironmentProblem, RunFailed
 from medssl.fileio import atomic_write_text, partial_dir
-from medssl.tracking.base import NullTracker, Tracker
+from medssl.tracking.base import NullTracker, PrefixedTracker, Tracker
 from medssl.tuning import (
     SEED_KEY,
     Dimension,
@@ -221,7 +222,7 @@ def run_chain(
                 dataset, folder, params.pretrain,
                 hparams=params.method_params(params.pretrain.method),
                 resume=_has_partial(folder), progress=False,
-                tracker=tracker if first else _Prefixed(tracker, "pretrain/"),
+                tracker=tracker if first else PrefixedTracker(tracker, "pretrain/"),
                 evaluate_cfg=params.evaluate, callbacks=[reporter],
             )  # fmt: skip
             metrics = flat_metrics(result.metrics)
@@ -295,32 +296,6 @@ def _restore_checkpoint(ckpt: Path, tdir: Path) -> None:
         shutil.copy2(source, target)
 
 
-class _Prefixed:
-    """A tracker whose metric names get a prefix (the pretrain half of a pretrain-train trial)."""
-
-    def __init__(self, inner: Tracker, prefix: str) -> None:
-        self.inner, self.prefix = inner, prefix
-
-    @property
-    def run_id(self) -> str | None:
-        return self.inner.run_id
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        pass  # the trial's params are logged once
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
-
-    def log_artifact(self, path: Path | str) -> None:
-        self.inner.log_artifact(path)
-
-    def log_artifacts(self, path: Path | str, artifact_path: str | None = None) -> None:
-        self.inner.log_artifacts(path, artifact_path)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.inner.set_tags(tags)
-
-
 def _trial_tracker(
     ctx: TrialContext, tdir: Path, name: str, key: str, params: Params
 ) -> tuple[Tracker, Any]:
@@ -335,7 +310,8 @@ def _trial_tracker(
     mc = client()
     exp, parent = ctx.tracking["experiment_id"], ctx.tracking["parent_run_id"]
     run_id = _reopen(mc, tdir / RUN_ID_FILE)
-    if not run_id:
+    new = not run_id
+    if new:
         run = mc.create_run(
             exp,
             run_name=name,
@@ -349,14 +325,12 @@ def _trial_tracker(
         )
         run_id = run.info.run_id
         atomic_write_text(tdir / RUN_ID_FILE, run_id + "\n")
-        tracker = MlflowTracker(mc, run_id, stage="tune", parent_run_id=parent, experiment_id=exp)
-        dump = params.dump()
-        dump.pop("tune", None)
-        tracker.log_params(dump)
     tracker = MlflowTracker(mc, run_id, stage="tune", parent_run_id=parent, experiment_id=exp)
+    if new:  # a reopened run has them (MLflow refuses to log a param twice)
+        tracker.log_params(base_config(params))
 
     def finish(status: str) -> None:
-        with _suppress():
+        with suppress(Exception):
             mc.set_terminated(run_id, status)
 
     return tracker, finish
@@ -542,7 +516,7 @@ def tune_sweep(
         result = write_summary(out_dir, frame, plan, cfg, name)
         result.seconds = round(time.perf_counter() - started, 1)
         result.sweep_run_id = sweep_run.run_id
-        _log_sweep(sweep_run, result, frame, cfg.metric)
+        _log_sweep(sweep_run, result, cfg.metric)
         _mark_stopped(out_dir / TRIALS_DIR, frame, tracking)
         if result.trials and not result.completed:
             errors = frame["error"].dropna() if "error" in frame else pd.Series(dtype=str)
@@ -670,7 +644,7 @@ def _run_ray(
                 name=name,
                 storage_path=storage,
                 verbose=0,
-                callbacks=[_Progress(plan, progress)],
+                callbacks=[_progress(plan, progress)],
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -678,45 +652,36 @@ def _run_ray(
     return tuner.fit()
 
 
-class _Progress:
-    """One line per finished trial (and per failure) instead of Ray's status tables."""
+def _progress(plan: SweepPlan, progress: bool) -> Any:
+    """A Ray Tune callback printing one line per finished or failed trial (instead of Ray's
+    status tables); the Ray import stays inside the sweep."""
+    from ray.tune import Callback
 
-    def __new__(cls, plan: SweepPlan, progress: bool) -> Any:
-        from ray.tune import Callback
+    class Progress(Callback):
+        done = 0
 
-        total = plan.trials
+        def _say(self, trial: Any, text: str) -> None:
+            self.done += 1
+            name = trial_name(trial.config, plan.dims)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] trial {self.done}/{plan.trials} {name}: {text}",
+                file=sys.stderr,
+                flush=True,
+            )
 
-        class Progress(Callback):
-            def __init__(self) -> None:
-                self.done = 0
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
+            last = trial.last_result or {}
+            if not progress:
+                return
+            if last.get(DONE) is None:
+                self._say(trial, f"stopped early at epoch {last.get('training_iteration', '?')}")
+            else:
+                self._say(trial, f"{plan.metric} {last.get(plan.metric, float('nan')):.4f}")
 
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
-                self.done += 1
-                last = trial.last_result or {}
-                value = last.get(plan.metric)
-                shown = (
-                    f"{plan.metric} {value:.4f}" if isinstance(value, float) else "stopped early"
-                )
-                if last.get(DONE) is None:
-                    shown = f"stopped early at epoch {last.get('training_iteration', '?')}"
-                if progress:
-                    print(
-                        f"[{time.strftime('%H:%M:%S')}] trial {self.done}/{total or len(trials)} "
-                        f"{trial_name(trial.config, plan.dims)}: {shown}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
+            self._say(trial, f"failed: {_last_line(trial.error_file)}")
 
-            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
-                self.done += 1
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] trial {self.done}/{total or len(trials)} "
-                    f"{trial_name(trial.config, plan.dims)} failed: {_last_line(trial.error_file)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        return Progress()
+    return Progress()
 
 
 def _last_line(path: str | None) -> str:
@@ -730,8 +695,7 @@ def _last_line(path: str | None) -> str:
 
 def results_frame(grid: Any, plan: SweepPlan, chain: str) -> pd.DataFrame:
     """One row per trial: its searched values, status, epochs and final numbers."""
-    _, final = reported_metrics(chain)
-    epoch, _ = reported_metrics(chain)
+    epoch, final = reported_metrics(chain)
     rows = []
     for res in grid:
         config = res.config or {}
@@ -938,7 +902,7 @@ def _sweep_run(
     return tracker, tracking
 
 
-def _log_sweep(tracker: Tracker, result: SweepResult, frame: pd.DataFrame, metric: str) -> None:
+def _log_sweep(tracker: Tracker, result: SweepResult, metric: str) -> None:
     if result.best:
         tracker.log_metrics({f"best_{metric}": result.best["value"]})
         # tags, not params: a resumed sweep may find another best
@@ -953,7 +917,6 @@ def _log_sweep(tracker: Tracker, result: SweepResult, frame: pd.DataFrame, metri
     )
     for path in result.paths.values():
         tracker.log_artifact(path)
-    del frame
 
 
 def _mark_stopped(trials_dir: Path, frame: pd.DataFrame, tracking: dict[str, Any] | None) -> None:
@@ -968,7 +931,7 @@ def _mark_stopped(trials_dir: Path, frame: pd.DataFrame, tracking: dict[str, Any
         id_file = trials_dir / key / RUN_ID_FILE
         if id_file.is_file():
             run_id = id_file.read_text().strip()
-            with _suppress():
+            with suppress(Exception):
                 mc.set_tag(run_id, "medssl.tune.stopped_early", "true")
                 mc.set_terminated(run_id, "KILLED")
 
@@ -981,7 +944,7 @@ def _end_sweep_run(tracker: Tracker, tracking: dict[str, Any] | None, status: st
     from medssl.tracking.runs import client
 
     mc = client()
-    with _suppress():
+    with suppress(Exception):
         running = mc.search_runs(
             [tracking["experiment_id"]],
             filter_string=(
@@ -991,7 +954,7 @@ def _end_sweep_run(tracker: Tracker, tracking: dict[str, Any] | None, status: st
         for run in running:
             mc.set_tag(run.info.run_id, "medssl.tune.stopped_early", "true")
             mc.set_terminated(run.info.run_id, "KILLED")
-    with _suppress():
+    with suppress(Exception):
         mc.set_terminated(tracker.run_id, status)
 
 
@@ -1006,12 +969,6 @@ def _reopen(mc: Any, id_file: Path) -> str:
         except MlflowException:
             return ""
     return run_id
-
-
-def _suppress() -> Any:
-    from contextlib import suppress
-
-    return suppress(Exception)
 
 
 def sweep_summary(out_dir: Path) -> dict[str, Any]:
@@ -1119,7 +1076,7 @@ def submit_sweep(
                 break
             time.sleep(poll_s)
     except KeyboardInterrupt:  # Ctrl-C here stops the job too (it would run on unwatched)
-        with _suppress():
+        with suppress(Exception):
             client.stop_job(job)
         raise
     if status != JobStatus.SUCCEEDED:
