@@ -45,6 +45,8 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  source .venv/bin/activate && medssl predict models:/abdominal-organs@champion data/splits --out /tmp/predictions"
 	@echo "Change a parameter and re-run only what changed:"
 	@echo "  source .venv/bin/activate && dvc exp run -S lsd.alpha=1.2 && medssl models compare 1 2"
+	@echo "Sweep a hyperparameter with Ray Tune (every trial an MLflow child run; --apply writes the best to params.yaml):"
+	@echo "  source .venv/bin/activate && medssl tune data/splits -S lsd.lambda=[1,2,5] --seeds 2 --metric val_nmi"
 
 test: venv ## lint, format check and the test suite
 	ruff check $(PY_SRC)
