@@ -6,13 +6,15 @@ Images arrive as uint8 [B, H, W] or [B, H, W, C] (from the image cache) and leav
 randomness comes from the `generator` the engine owns (checkpointed, so a resumed run draws the same
 numbers). A method asks for several views of the same images (PICA, FixMatch weak/strong, SimCLR)
 with `views()`; a detection method passes `return_theta=True` and maps its boxes with
-`warp_points`.
+`warp_points`. FixMatch's strong view is `rand_augment` (RandAugment ops + Cutout, batched).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,41 @@ STRONG = AugmentSpec(
 # Paper 001 §3: random rotation and resized crops with random scale and aspect ratio, for
 # training and for the clustering features (the paper gives no ranges: these are ours).
 ROTATE_CROP = AugmentSpec(scale=(0.5, 1.0), rotate=20.0)
+
+# RandAugment's op pool for grey ultrasound (no colour ops); intensity ops run in this order.
+_OPS = (
+    "identity", "autocontrast", "brightness", "contrast", "gamma", "sharpness", "solarize",
+    "posterize", "speckle", "rotate", "shear_x", "shear_y", "translate_x", "translate_y",
+)  # fmt: skip
+_GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """RandAugment-style strong view (FixMatch, Sohn et al. 2020 §2.3; paper 000 §2.3.1) adapted to
+    grey ultrasound: FixMatch (Sohn et al. 2020) RandAugment + Cutout, without colour ops. Each
+    image draws `ops` ops from `_OPS` (or `only`) with replacement, each with its own magnitude
+    U(0, magnitude) and a random sign; ranges at magnitude 1: brightness ±0.4, contrast ×(1 ± 0.8),
+    gamma exp(±0.7), sharpness ±0.9 (blend with a 3×3 box blur: − blurs, + sharpens), posterize to
+    8 − 4 bits, solarize above 1 − 0.9, speckle x·(1 + 0.4·n), rotate ±30°, shear ±0.3, translate
+    ±0.3 of the side; identity and autocontrast (per-image min-max stretch) are magnitude-free
+    (autocontrast is skipped at magnitude 0, so magnitude 0 is a no-op). An op drawn twice for one
+    image runs once with the summed magnitude (clipped to ±1). Only `base`'s geometry (crop, flips,
+    rotation) is used; it and the geometric ops make one affine warp. Then Cutout: one zeroed
+    square."""
+
+    ops: int = 2  # ops drawn per image (with replacement), RandAugment's N
+    magnitude: float = 1.0  # max in [0, 1]; each chosen op draws U(0, magnitude) per image
+    cutout: float = 0.5  # side of one zeroed square as a share of the image side (0: none)
+    base: AugmentSpec = AugmentSpec(scale=(0.7, 1.0), hflip=0.5)
+    only: tuple[str, ...] | None = None  # restrict the op pool to these names of `_OPS` (tests)
+
+    def __post_init__(self) -> None:
+        if unknown := set(self.only or ()) - set(_OPS):
+            raise ValueError(f"unknown RandAugment ops {sorted(unknown)}; known: {_OPS}")
+
+
+RAND_AUGMENT = RandAugmentSpec()
 
 
 def to_float(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -132,6 +169,68 @@ def augment(
         out = out * (1 - _cutout_mask(out, spec.cutout, generator))
     out = out.clamp_(0.0, 1.0)
     return (out, theta) if return_theta else out
+
+
+def rand_augment(
+    x: torch.Tensor, spec: RandAugmentSpec, generator: torch.Generator
+) -> torch.Tensor:
+    """float [B, C, H, W] in [0, 1] → same shape, in [0, 1], same memory format."""
+    n, dev, pool = x.shape[0], generator.device, spec.only or _OPS
+    which = torch.tensor([_OPS.index(o) for o in pool], device=dev)
+    op = which[torch.randint(len(pool), (n, spec.ops), generator=generator, device=dev)]
+    mag = torch.rand(n, spec.ops, generator=generator, device=dev) * spec.magnitude
+    sign = torch.randint(2, (n, spec.ops), generator=generator, device=dev) * 2 - 1
+    op, mag, sign = op.to(x.device), mag.to(x.device, x.dtype), sign.to(x.device, x.dtype)
+
+    def val(name: str, signed: bool = True) -> torch.Tensor:  # [n] summed magnitude, 0 if unchosen
+        return ((mag * sign if signed else mag) * (op == _OPS.index(name))).sum(1).clamp(-1, 1)
+
+    out = x
+    if spec.base.geometric or any(g in pool for g in _GEOMETRIC):
+        base = random_theta(spec.base, n, generator, x.dtype).to(x.device)
+        angle, sx, sy = val("rotate") * (math.pi / 6), 0.3 * val("shear_x"), 0.3 * val("shear_y")
+        cos, sin, one = torch.cos(angle), torch.sin(angle), torch.ones_like(angle)
+        rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+        shear = torch.stack([torch.stack([one + sx * sy, sx], 1), torch.stack([sy, one], 1)], 1)
+        shift = 0.6 * torch.stack([val("translate_x"), val("translate_y")], 1).unsqueeze(2)
+        lin = base[:, :, :2]  # output → base-input coordinates, then base → input
+        theta = torch.cat([lin @ rot @ shear, lin @ shift + base[:, :, 2:]], dim=2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def stretch(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # per-image min-max stretch
+        lo, hi = y.amin((1, 2, 3), keepdim=True), y.amax((1, 2, 3), keepdim=True)
+        return torch.where((hi > lo) & (v > 0), (y - lo) / (hi - lo).clamp(min=1e-12), y)
+
+    def posterize(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # keep 8 - 4 v bits
+        step = 2 ** torch.round(4 * v)
+        return torch.where(step > 1, torch.floor(torch.round(y * 255) / step) * step / 255, y)
+
+    def speckle(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(y.shape, generator=generator, device=dev, dtype=y.dtype)
+        return y * (1 + 0.4 * v * noise.to(y.device))
+
+    blur = partial(F.avg_pool2d, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    intensity: dict[str, tuple[bool, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+        "autocontrast": (False, stretch),
+        "brightness": (True, lambda y, v: y + 0.4 * v),
+        "contrast": (True, lambda y, v: torch.lerp(y.mean((1, 2, 3), True), y, 1 + 0.8 * v)),
+        "gamma": (True, lambda y, v: y ** torch.exp(0.7 * v)),
+        "sharpness": (True, lambda y, v: torch.lerp(blur(y), y, 1 + 0.9 * v)),
+        "solarize": (False, lambda y, v: torch.where(y > 1 - 0.9 * v, 1 - y, y)),
+        "posterize": (False, posterize),
+        "speckle": (False, speckle),
+    }
+    for name, (signed, fn) in intensity.items():  # fixed order, each on the images that chose it
+        if name in pool:
+            v = val(name, signed).view(n, 1, 1, 1)
+            mask = (op == _OPS.index(name)).any(1).view(n, 1, 1, 1)
+            out = torch.where(mask, fn(out, v), out).clamp(0.0, 1.0)
+    out = out.clamp(0.0, 1.0)
+    if spec.cutout > 0:
+        out = out * (1 - _cutout_mask(out, spec.cutout, generator))
+    last = x.is_contiguous(memory_format=torch.channels_last)
+    return out.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
 
 
 def _cutout_mask(x: torch.Tensor, side: float, generator: torch.Generator) -> torch.Tensor:
