@@ -22,6 +22,8 @@ def test_repo_params_yaml_matches_the_models():
         "pica",
         "lsd",
         "deepcluster",
+        "fixmatch-onehead",
+        "fixmatch-twohead",
         "train",
         "evaluate",
         "register",

@@ -52,8 +52,41 @@ class DeepClusterParams(Section):
     )
 
 
+class FixMatchParams(Section):
+    """`fixmatch-onehead:` / `fixmatch-twohead:` in params.yaml (paper 000 §2.3, §3.2; FixMatch,
+    Sohn et al. 2020). The loop's knobs are `train:`'s (paper 000: 5,000 steps, the best val
+    epoch kept)."""
+
+    mu: int = Field(
+        4,
+        ge=1,
+        description="unlabeled exams per labeled exam in a batch: μ × train.batch_exams "
+        "(paper 000 §3.2: 16 = 4 × 4), at most μ × train.max_batch_images images",
+    )
+    tau: float = Field(0.95, gt=0, le=1, description="confidence threshold τ of a pseudo-label")
+    lambda_u: float = Field(1.0, ge=0, description="weight λ_u of the unlabeled loss (eq. 13)")
+    ema: float = Field(
+        0.0, ge=0, lt=1, description="decay of an EMA of the weights used for evaluation; 0: off"
+    )
+    strong_ops: int = Field(2, ge=0, description="RandAugment ops per strong view (N)")
+    strong_magnitude: float = Field(
+        1.0, ge=0, le=1, description="max RandAugment magnitude, drawn U(0, m) per image and op"
+    )
+    cutout: float = Field(0.5, ge=0, lt=1, description="cutout side of the strong view (share)")
+
+
+class TwoHeadParams(FixMatchParams):
+    """`fixmatch-twohead:` (paper 000 §2.3.2): a single-label head over K label combinations."""
+
+    combinations: int | None = Field(
+        None, ge=2, description="K; null: the label combinations of the labeled train rows"
+    )
+
+
 SECTIONS: dict[str, type[BaseModel]] = {
     "pica": PicaParams,
     "lsd": LsdParams,
     "deepcluster": DeepClusterParams,
+    "fixmatch-onehead": FixMatchParams,
+    "fixmatch-twohead": TwoHeadParams,
 }

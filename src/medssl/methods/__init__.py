@@ -8,6 +8,7 @@ from medssl.engine.method import Method, StepOutput
 from medssl.errors import ConfigError
 from medssl.methods.base import EncoderMethod, MultilabelMethod
 from medssl.methods.deepcluster import DeepCluster
+from medssl.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
 from medssl.methods.pica import Lsd, Pica
 from medssl.methods.supervised import Supervised
 
@@ -16,6 +17,8 @@ METHODS: dict[str, type[Method]] = {
     Pica.name: Pica,
     Lsd.name: Lsd,
     DeepCluster.name: DeepCluster,
+    FixMatchOneHead.name: FixMatchOneHead,
+    FixMatchTwoHead.name: FixMatchTwoHead,
 }
 
 
@@ -42,6 +45,8 @@ __all__ = [
     "METHODS",
     "DeepCluster",
     "EncoderMethod",
+    "FixMatchOneHead",
+    "FixMatchTwoHead",
     "Lsd",
     "Method",
     "MultilabelMethod",
