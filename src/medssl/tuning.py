@@ -8,6 +8,8 @@ A space maps a params.yaml key to a value spec:
     train.lr: loguniform(1e-5, 1e-3)      randint (lo <= n < hi), choice([a, b])
     pretrain.max_steps: 30                fixed for every trial (not a searched key)
     pica.lambda,lsd.lambda: [1, 2]        one value set on several keys (the λ of either loss)
+    train.method,train.init: [[supervised, random], [fixmatch-twohead, checkpoint]]
+                                          variants: each value a list, one item per key
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class Dimension:
         return self.kind != "fixed"
 
     @property
+    def zipped(self) -> bool:
+        """A grid of variants: every value is a list with one item per target key."""
+        return (
+            len(self.targets) > 1
+            and self.kind in ("grid", "choice")
+            and all(isinstance(v, list) and len(v) == len(self.targets) for v in self.values)
+        )
+
+    @property
     def short(self) -> str:
         """A short name for run names and plot labels: `lambda` for `pica.lambda,lsd.lambda`."""
         leaves = dict.fromkeys(t.rsplit(".", 1)[-1] for t in self.targets)
@@ -73,10 +84,10 @@ class Dimension:
 
     def describe(self) -> str:
         if self.kind in ("grid", "choice"):
-            shown = ", ".join(_scalar_text(v) for v in self.values)
+            shown = ", ".join(value_text(v) for v in self.values)
             return f"{self.key} ∈ {{{shown}}}" + (" (sampled)" if self.kind == "choice" else "")
         if self.kind == "fixed":
-            return f"{self.key} = {_scalar_text(self.values[0])}"
+            return f"{self.key} = {value_text(self.values[0])}"
         return f"{self.key} ~ {self.kind}({self.values[0]:g}, {self.values[1]:g})"
 
 
@@ -187,6 +198,9 @@ def refuse_test_metric(metric: str, what: str) -> None:
 
 
 def assignments(dim: Dimension, value: Any) -> dict[str, Any]:
+    """{params key: value} of one value of `dim` (a variant: item by item)."""
+    if dim.zipped:
+        return dict(zip(dim.targets, value, strict=True))
     return dict.fromkeys(dim.targets, value)
 
 
@@ -203,7 +217,7 @@ def validate_space(base: Mapping[str, Any], dims: list[Dimension]) -> None:
             try:
                 build_params(dict(base), override_texts(assignments(dim, value)))
             except ConfigError as exc:
-                raise ConfigError(f"tune space {dim.key}={_scalar_text(value)}: {exc}") from None
+                raise ConfigError(f"tune space {dim.key}={value_text(value)}: {exc}") from None
 
 
 def trial_values(config: Mapping[str, Any], dims: list[Dimension]) -> dict[str, Any]:
@@ -216,7 +230,7 @@ def trial_values(config: Mapping[str, Any], dims: list[Dimension]) -> dict[str, 
 
 def trial_name(config: Mapping[str, Any], dims: list[Dimension]) -> str:
     """`method=pica lambda=2 seed=0`: the searched values, by short name."""
-    parts = [f"{d.short}={_scalar_text(config.get(d.key))}" for d in dims if d.searched]
+    parts = [f"{d.short}={value_text(config.get(d.key))}" for d in dims if d.searched]
     return " ".join(parts)
 
 
@@ -227,7 +241,9 @@ def base_config(params: Params) -> dict[str, Any]:
     return dump
 
 
-def _scalar_text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    if isinstance(value, list | tuple):  # a variant: its items
+        return "/".join(value_text(v) for v in value)
     if value is None:
         return "null"
     if isinstance(value, float):

@@ -45,12 +45,14 @@ from medssl.tracking.base import NullTracker, PrefixedTracker, Tracker
 from medssl.tuning import (
     SEED_KEY,
     Dimension,
+    assignments,
     base_config,
     build_space,
     override_texts,
     trial_name,
     trial_values,
     validate_space,
+    value_text,
 )
 
 # what a trial reports: every epoch (the scheduler compares these) and at its end
@@ -480,7 +482,9 @@ def tune_sweep(
         _check_same_sweep(out_dir, plan, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _absolute_paths(base_config(params))
-    fixed_values = {t: d.values[0] for d in plan.dims if not d.searched for t in d.targets}
+    fixed_values = {
+        k: v for d in plan.dims if not d.searched for k, v in assignments(d, d.values[0]).items()
+    }
     fixed = build_params(dict(base), override_texts(fixed_values)).dump()  # every trial's
     sweep_run, tracking = _sweep_run(out_dir, params, cfg, plan, dataset_dir, name, resume, track)
     ctx = TrialContext(
@@ -701,8 +705,9 @@ def results_frame(grid: Any, plan: SweepPlan, chain: str) -> pd.DataFrame:
         config = res.config or {}
         metrics = res.metrics or {}
         row: dict[str, Any] = {"trial": trial_key(_trial_id(res))}
-        for dim in plan.searched:
-            row[dim.key] = config.get(dim.key)
+        for dim in plan.searched:  # a variant as text (a/b): a column pandas can sort
+            value = config.get(dim.key)
+            row[dim.key] = value_text(value) if dim.zipped else value
         # the configuration (seeds pooled) as JSON: its values keep their types (int, null)
         row["config"] = json.dumps(
             {d.key: config.get(d.key) for d in plan.searched if d.key != SEED_KEY}, sort_keys=True
@@ -737,7 +742,7 @@ def best_config(frame: pd.DataFrame, plan: SweepPlan, mode: str) -> dict[str, An
     params_values: dict[str, Any] = {}
     for dim in plan.searched:
         if dim.key in space_values:
-            params_values.update(dict.fromkeys(dim.targets, space_values[dim.key]))
+            params_values.update(assignments(dim, space_values[dim.key]))
     return {
         "metric": plan.metric,
         "mode": mode,
@@ -788,7 +793,7 @@ def write_summary(
         f"{counts.get('stopped', 0)} stopped early by {cfg.scheduler}, "
         f"{counts.get('failed', 0)} failed)",
         "",
-        _markdown(table),
+        markdown_table(table),
     ]
     if best:
         shown = ", ".join(f"{k}={v}" for k, v in best["values"].items())
@@ -827,9 +832,10 @@ def _plot_keys(dims: list[Dimension], cfg: TuneConfig) -> tuple[str | None, str 
     return x, hue
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame, empty: str = "(no completed trial)") -> str:
+    """A Markdown table of a frame (floats to 4 decimals)."""
     if table.empty:
-        return "(no completed trial)"
+        return empty
     head = "| " + " | ".join(map(str, table.columns)) + " |"
     rule = "|" + "---|" * len(table.columns)
     body = []
