@@ -51,6 +51,10 @@ models_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+study_app = typer.Typer(
+    help="Studies that reproduce a paper's figure (many runs, one report).", no_args_is_help=True
+)
+app.add_typer(study_app, name="study")
 app.add_typer(pipeline_app, name="pipeline")  # kfp is imported inside its commands
 
 TrackOption = Annotated[
@@ -538,6 +542,57 @@ def tune_cmd(
     )
     if apply and result.best:
         result.applied = apply_to_params(params, result.best["params"])
+    typer.echo(result.describe())
+
+
+@study_app.command("label-fractions")
+def study_label_fractions(
+    dataset: Annotated[Path, typer.Argument(help="Split dataset folder (from `medssl split`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")] = Path(
+        "reports/studies/label-fractions"
+    ),
+    encoder: Annotated[
+        Path | None,
+        typer.Option(
+            "--encoder",
+            help="A pretrain run's encoder.pt for strategies 2 and 4 (default: pre-train "
+            "once into OUT/encoder with params.yaml's pretrain section).",
+        ),
+    ] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per cell.")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", help="Cells at once (0: as CPUs allow).")
+    ] = None,
+    cpu: Annotated[float | None, typer.Option("--cpu", help="CPUs per cell.")] = None,
+    gpu: Annotated[float | None, typer.Option("--gpu", help="GPUs per cell.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed study: finished cells are kept.")
+    ] = False,
+    track: TrackOption = True,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Paper 000 Fig. 6: strategies 1-4 (supervised or FixMatch One-/Two-Head, from random
+    weights or the deep-clustering encoder) at every label fraction × seeds, as one `medssl
+    tune` sweep (preset `label-fractions`: budget and grid in params.yaml); writes study.md
+    (mean and 95 % CI per cell, the paper's paired effects) and fig6.png to OUT."""
+    from medssl.stages.study import label_fraction_study
+
+    cfg = _params(params, set_)
+    updates: dict[str, object] = {}
+    if seeds is not None:
+        updates["seeds"] = seeds
+    if max_concurrent is not None:
+        updates["max_concurrent"] = max_concurrent
+    resources = dict(cfg.tune.with_preset("label-fractions").resources)
+    if cpu is not None:
+        resources["cpu"] = cpu
+    if gpu is not None:
+        resources["gpu"] = gpu
+    updates["resources"] = resources
+    result = label_fraction_study(
+        dataset, out, cfg, encoder=encoder, updates=updates, resume=resume, track=track
+    )
     typer.echo(result.describe())
 
 

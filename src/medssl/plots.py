@@ -149,3 +149,35 @@ def plot_sweep(frame, x: str, hue: str | None, metric: str, path: Path, title: s
 
 def _sort_key(value: object) -> tuple[int, float | str]:
     return (0, float(value)) if isinstance(value, int | float | np.number) else (1, str(value))
+
+
+def plot_fractions(table, path: Path) -> None:
+    """Paper 000 Fig. 6: mean test weighted F1 against labeled images, one line per strategy
+    with its 95 % CI band; left the FixMatch variants (One-Head vs Two-Head), right supervised
+    against Two-Head (`table`: strategy, labeled, f1_weighted, ci_low, ci_high)."""
+    plt = _pyplot()
+    strategies = sorted(table["strategy"].unique())
+    panels = [
+        ("One-Head vs Two-Head", [s for s in strategies if "Head" in s]),
+        ("supervised vs semi-supervised", [s for s in strategies if "One-Head" not in s]),
+    ]
+    panels = [(t, s) for t, s in panels if s]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    colours = {s: cmap(i % 10) for i, s in enumerate(strategies)}
+    for ax, (title, names) in zip(axes[0], panels, strict=True):
+        for name in names:
+            rows = table[table["strategy"] == name].sort_values("labeled")
+            colour = colours[name]
+            x = rows["labeled"].to_numpy()
+            ax.plot(x, rows["f1_weighted"], marker="o", color=colour, label=name)
+            ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("labeled train images")
+        ax.set_ylabel("test weighted F1")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

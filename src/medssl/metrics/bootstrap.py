@@ -115,15 +115,18 @@ def bootstrap_paired_difference(
 ) -> BootstrapCI:
     """CI of mean_i F1(preds_a[i]) - mean_j F1(preds_b[j]) (support-weighted F1; e.g. several
     seeds of two methods) over the same test rows, resampling exams once for both sides, so the
-    exam-to-exam variation both sides share cancels (a paired comparison)."""
-    if not preds_a or not preds_b:
-        raise ValueError("each side needs at least one prediction set")
+    exam-to-exam variation both sides share cancels (a paired comparison). `preds_b` empty: the
+    CI of mean_i F1(preds_a[i]) itself (several seeds of one method)."""
+    if not preds_a:
+        raise ValueError("side a needs at least one prediction set")
     sides = []
     for preds in (preds_a, preds_b):
         sides.append([group_confusion(y_true, p, groups)[:3] for p in preds])
     n_groups = sides[0][0][0].shape[0]
 
     def mean_f1(weights: np.ndarray, side: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+        if not side:
+            return np.zeros(len(weights))
         return np.mean([weighted_f1_from_counts(*(weights @ c for c in cm)) for cm in side], 0)
 
     ones = np.ones((1, n_groups))
