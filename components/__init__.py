@@ -3,9 +3,10 @@ project image (`components.image.IMAGE`), with typed artifacts between steps.
 
 A body imports `medssl` inside (KFP ships only the function's source to the container) and calls
 a stage function from `medssl.stages` plus the small helpers of `medssl.orchestration`.
-Three pipelines use them: training (pipelines/training.py), the sweep (pipelines/sweep.py: `tune`
-on the Ray cluster, then training with the best configuration) and batch inference
-(pipelines/batch_inference.py).
+Four pipelines use them: training (pipelines/training.py), the sweep (pipelines/sweep.py: `tune`
+on the Ray cluster, then training with the best configuration), batch inference
+(pipelines/batch_inference.py) and the label-fraction study (pipelines/label_fractions.py:
+pretrain, then `study`).
 """
 
 from components.config import resolve_config
@@ -16,6 +17,7 @@ from components.predict import predict
 from components.pretrain import pretrain
 from components.register import register
 from components.split import split
+from components.study import study
 from components.tracking import finish_run, start_run
 from components.train import train
 from components.tune import tune
@@ -33,6 +35,7 @@ __all__ = [
     "resolve_config",
     "split",
     "start_run",
+    "study",
     "train",
     "tune",
     "validate",

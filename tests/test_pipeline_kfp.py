@@ -174,6 +174,72 @@ def test_sweep_spec_tunes_on_the_ray_cluster_and_trains_on_the_best_config():
     }  # fmt: skip
 
 
+def test_label_fractions_spec_pretrains_then_runs_the_study():
+    """data → validate → split → pretrain → study, the study reading the pretrain step's encoder,
+    on the GPU pool, neither cached nor retried (a retry would run every cell again)."""
+    pipeline, k8s = spec_docs(ROOT / "pipelines" / "compiled" / "label_fractions.yaml")
+    assert pipeline["pipelineInfo"]["name"] == "medssl-label-fractions"
+    all_tasks = tasks(pipeline)
+    steps = {"resolve-config", "data", "validate", "split", "start-run", "pretrain", "study"}
+    assert set(all_tasks) - {"exit-handler-1"} == {*steps, "finish-run"}
+
+    def after(task: str) -> set[str]:
+        return set(all_tasks[task].get("dependentTasks", []))
+
+    assert "data" in after("validate") and "validate" in after("split")
+    assert "split" in after("pretrain") and "pretrain" in after("study")
+    study = all_tasks["study"]["inputs"]
+    assert study["artifacts"]["encoder"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "encoder", "producerTask": "pretrain"
+    }  # fmt: skip
+    assert study["artifacts"]["splits"]["taskOutputArtifact"]["producerTask"] == "split"
+    assert study["artifacts"]["images"]["taskOutputArtifact"]["producerTask"] == "data"
+    for step in ("pretrain", "study"):
+        params = all_tasks[step]["inputs"]["parameters"]["params"]["taskOutputParameter"]
+        assert params["producerTask"] == "resolve-config", step
+        parent = all_tasks[step]["inputs"]["parameters"]["parent_run_id"]["taskOutputParameter"]
+        assert parent["producerTask"] == "start-run", step
+    for name in ("seeds", "trial_cpus", "trial_gpus", "max_concurrent"):
+        assert study["parameters"][name]["componentInputParameter"].endswith(name)
+
+    inputs = pipeline["root"]["inputDefinitions"]["parameters"]
+    preset = load_params(ROOT / "params.yaml").tune.with_preset("label-fractions")
+    assert inputs["seeds"]["defaultValue"] == preset.seeds
+    assert inputs["trial_gpus"]["defaultValue"] == 1  # one GPU per cell on the cluster
+    assert {"data_repo", "data_rev", "data_path", "params", "data_size", "pretrain_method"} <= set(
+        inputs
+    )
+    assert "ray_address" not in inputs and "register_margin" not in inputs
+
+    executors = pipeline["deploymentSpec"]["executors"]
+    for name in ("exec-pretrain", "exec-study"):
+        assert executors[name]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+        assert k8s["deploymentSpec"]["executors"][name]["nodeSelector"]["labels"] == {
+            "medssl.io/pool": "gpu"
+        }  # fmt: skip
+    for step in ("pretrain", "study"):
+        assert not all_tasks[step]["cachingOptions"].get("enableCache"), step
+        assert "retryPolicy" not in all_tasks[step], step
+    finish = pipeline["root"]["dag"]["tasks"]["finish-run"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+    comp = pipeline["components"]["comp-study"]
+    kinds = {
+        k: v["artifactType"]["schemaTitle"]
+        for k, v in comp["inputDefinitions"]["artifacts"].items()
+    }
+    assert kinds == {
+        "splits": "system.Dataset",
+        "images": "system.Dataset",
+        "encoder": "system.Model",
+    }
+    outputs = comp["outputDefinitions"]["artifacts"]
+    kinds = {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()}
+    assert kinds == {
+        "summary": "system.Markdown", "metrics": "system.Metrics", "study": "system.Artifact"
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("module", [p.stem for p in all_pipeline_files(ROOT)])
 def test_every_spec_takes_credentials_from_the_secret_only(module):
     """Every step of every spec gets the credentials secret as env vars (the MinIO endpoints
@@ -542,6 +608,7 @@ def test_submit_arguments_helpers():
     assert overrides == ["train.lr=0.1", "split.seed=3"] and data == {"data_rev": "abc"}
     _, sweep = split_params(["ray_address=http://ray:8265", "trial_gpus=1", "max_concurrent=2"])
     assert sweep == {"ray_address": "http://ray:8265", "trial_gpus": 1.0, "max_concurrent": 2}
+    assert split_params(["seeds=3"])[1] == {"seeds": 3}  # the label-fractions pipeline's
     with pytest.raises(ConfigError, match="expected a number"):
         split_params(["trial_gpus=many"])
     args = pipeline_arguments(load_params(Path("/nonexistent"), ["train.max_steps=7"]))

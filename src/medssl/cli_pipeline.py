@@ -34,10 +34,10 @@ DEFAULT_PIPELINE = "training"
 PIPELINE_FILE = PIPELINES_DIR / f"{DEFAULT_PIPELINE}.py"
 DATA_PARAMS = ("data_repo", "data_rev", "data_path")
 MODEL_PARAMS = ("model_uri",)  # the batch-inference pipeline's
-# the sweep pipeline's, with their types (a --param value is text)
+# the sweep and label-fractions pipelines', with their types (a --param value is text)
 SWEEP_PARAMS: dict[str, type] = {
     "ray_address": str, "storage": str, "preset": str, "metric": str,
-    "trial_cpus": float, "trial_gpus": float, "max_concurrent": int,
+    "trial_cpus": float, "trial_gpus": float, "max_concurrent": int, "seeds": int,
 }  # fmt: skip
 IMAGE_ENV = "MEDSSL_IMAGE"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -58,7 +58,8 @@ PipelineNameOption = Annotated[
     str,
     typer.Option(
         "--pipeline",
-        help="Which pipeline of pipelines/: training (default) or batch_inference.",
+        help="Which pipeline of pipelines/: training (default), batch_inference, sweep or "
+        "label_fractions.",
     ),
 ]
 PipelineFileOption = Annotated[
@@ -286,8 +287,8 @@ def compile_cmd(
     ] = None,
     pipeline_file: PipelineFileOption = None,
 ) -> None:
-    """Compile the pipelines (training, batch_inference, sweep) to KFP YAML in pipelines/compiled/
-    (deterministic: commit the result)."""
+    """Compile the pipelines (training, batch_inference, sweep, label_fractions) to KFP YAML in
+    pipelines/compiled/ (deterministic: commit the result)."""
     if pipeline is None and pipeline_file is None and out is None:
         files = all_pipeline_files()
     else:
@@ -517,7 +518,9 @@ def submit_cmd(
         host = host.rstrip("/")
         auth = Auth(namespace=namespace, token=token, sa_token=sa_token)
         _probe(host, auth.bearer())
-        kind, run_id, url = _submit(host, experiment, spec, arguments, cron, run_name, auth)
+        kind, run_id, url = _submit(
+            host, experiment, spec, arguments, cron, run_name, auth, module.PIPELINE_NAME
+        )
     typer.echo(f"submitted {kind} {run_id} to experiment {experiment!r}")
     typer.echo(f"run: {url}")
 
@@ -592,8 +595,9 @@ def _submit(
     cron: str | None,
     run_name: str | None,
     auth: Auth | None = None,
+    pipeline_name: str = "medssl-training",
 ) -> tuple[str, str, str]:
-    """(kind, id, UI url) of the created run or recurring run."""
+    """(kind, id, UI url) of the created run or recurring run (named after the pipeline)."""
     import kfp
     import kfp_server_api
 
@@ -604,7 +608,7 @@ def _submit(
             client = kfp.Client(host=host, **auth.client_kwargs())
         exp = client.create_experiment(name=experiment, namespace=auth.namespace)
         if cron:
-            name = run_name or f"medssl-training {cron}"
+            name = run_name or f"{pipeline_name} {cron}"
             rr = client.create_recurring_run(
                 experiment_id=exp.experiment_id,
                 job_name=name,
@@ -620,7 +624,7 @@ def _submit(
                 f"{host}/#/recurringrun/details/{rr.recurring_run_id}",
             )
         rev = arguments.get("data_rev")
-        name = run_name or (f"medssl-training {rev[:12]}" if rev else None)
+        name = run_name or (f"{pipeline_name} {rev[:12]}" if rev else None)
         result = client.create_run_from_pipeline_package(
             str(spec),
             arguments=arguments,
