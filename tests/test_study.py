@@ -31,6 +31,23 @@ def test_a_variant_dimension_sets_its_keys_item_by_item():
     assert values == {"train.method": "fixmatch-twohead", "train.init": "checkpoint"}
 
 
+def test_a_variant_with_the_wrong_number_of_items_is_one_line():
+    from medssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="variant 2 has 1 item"):
+        build_space({VARIANT_KEY: [["supervised", "random"], "supervised"]}, 1)
+    with pytest.raises(ConfigError, match="variant 1 has 3 item"):
+        build_space({VARIANT_KEY: [["supervised", "random", "x"]]}, 1)
+
+
+def test_without_resamples_a_cell_has_its_mean_and_no_interval():
+    from medssl.metrics.bootstrap import bootstrap_paired_difference
+
+    y = np.array([[1, 0], [0, 1], [1, 1]])
+    ci = bootstrap_paired_difference(y, [y.copy()], [], np.array(["a", "b", "b"]), 0)
+    assert ci.estimate == 1.0 and np.isnan(ci.low) and np.isnan(ci.high)
+
+
 def test_the_preset_is_strategies_1_to_4_at_every_label_fraction():
     params = load_params(REPO / "params.yaml")
     plan = plan_sweep(params, params.tune.with_preset(PRESET), {"train.weights": "/x/encoder.pt"})

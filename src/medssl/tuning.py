@@ -108,6 +108,7 @@ def parse_value(key: str, value: Any) -> Dimension:
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"tune space {key}: an empty grid")
+        _check_variants(key, targets, value)
         return Dimension(key, targets, "grid", tuple(value))
     if isinstance(value, str) and (m := _FUNCTION.match(value)):
         kind, args = m.group(1), m.group(2)
@@ -119,6 +120,7 @@ def parse_value(key: str, value: Any) -> Dimension:
             values = parsed[0] if parsed and len(parsed) == 1 else None
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"tune space {key}: expected choice([a, b, ...]), got {value!r}")
+            _check_variants(key, targets, values)
             return Dimension(key, targets, "choice", tuple(values))
         if isinstance(parsed, list):  # YAML reads 1e-5 (no dot) as a string
             parsed = [_number_or_text(v) for v in parsed]
@@ -136,6 +138,18 @@ def parse_value(key: str, value: Any) -> Dimension:
             raise ConfigError(f"tune space {key}: randint needs integers")
         return Dimension(key, targets, kind, (lo, hi))
     return Dimension(key, targets, "fixed", (value,))
+
+
+def _check_variants(key: str, targets: tuple[str, ...], values: list[Any]) -> None:
+    """Several keys with list values are variants: each must have one item per key."""
+    if len(targets) < 2 or not any(isinstance(v, list) for v in values):
+        return
+    for i, v in enumerate(values):
+        if not isinstance(v, list) or len(v) != len(targets):
+            n = len(v) if isinstance(v, list) else 1
+            raise ConfigError(
+                f"tune space {key}: variant {i + 1} has {n} item(s) for {len(targets)} keys"
+            )
 
 
 def parse_cli_space(items: Iterable[str]) -> dict[str, Any]:

@@ -176,8 +176,10 @@ def rand_augment(
 ) -> torch.Tensor:
     """float [B, C, H, W] in [0, 1] → same shape, in [0, 1], same memory format."""
     n, dev, pool = x.shape[0], generator.device, spec.only or _OPS
-    which = torch.tensor([_OPS.index(o) for o in pool], device=dev)
-    op = which[torch.randint(len(pool), (n, spec.ops), generator=generator, device=dev)]
+    op = torch.randint(len(pool), (n, spec.ops), generator=generator, device=dev)
+    if spec.only is not None:  # positions in `only` → positions in _OPS
+        which = torch.tensor([_OPS.index(o) for o in pool]).to(dev, non_blocking=True)
+        op = which[op]
     mag = torch.rand(n, spec.ops, generator=generator, device=dev) * spec.magnitude
     sign = torch.randint(2, (n, spec.ops), generator=generator, device=dev) * 2 - 1
     op, mag, sign = op.to(x.device), mag.to(x.device, x.dtype), sign.to(x.device, x.dtype)

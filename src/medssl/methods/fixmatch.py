@@ -233,19 +233,19 @@ class FixMatchOneHead(MultilabelMethod):
         judged = mask & ~correct.isnan()
         step = torch.stack(
             [
-                torch.tensor(float(len(mask)), device=mask.device),
+                mask.new_full((), len(mask), dtype=torch.float32),
                 mask.float().sum(),
                 judged.float().sum(),
                 torch.where(judged, correct, 0.0).sum(),
             ]
         )
-        self._stats = self._stats.to(step.device) + step
+        self._stats = self._stats.to(step.device, non_blocking=True) + step
 
     def validate(self, model: nn.Module, ctx: Context) -> dict[str, float]:
         """The multi-label head's val metrics, the epoch's share of confident unlabeled rows and
         the exact-match accuracy of their pseudo-labels on rows whose labels are hidden."""
         n, confident, judged, correct = self._stats.tolist()
-        self._stats = torch.zeros(4)
+        self._stats = torch.zeros_like(self._stats)
         metrics = super().validate(model, ctx)
         metrics["mask_rate"] = confident / n if n else float("nan")
         metrics["pseudo_label_accuracy"] = correct / judged if judged else float("nan")

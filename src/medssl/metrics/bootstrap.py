@@ -131,6 +131,8 @@ def bootstrap_paired_difference(
 
     ones = np.ones((1, n_groups))
     estimate = float((mean_f1(ones, sides[0]) - mean_f1(ones, sides[1]))[0])
+    if n_resamples <= 0 or n_groups == 0:
+        return BootstrapCI(estimate, float("nan"), float("nan"), level, np.empty(0))
     rng = np.random.default_rng(seed)
     samples = np.empty(n_resamples)
     for start in range(0, n_resamples, CHUNK):

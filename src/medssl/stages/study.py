@@ -33,12 +33,13 @@ import pandas as pd
 
 from medssl.config import EvaluateConfig, Params
 from medssl.data.contract import PREDICTIONS_FILE
-from medssl.errors import ConfigError
+from medssl.errors import ConfigError, DataContractError
 from medssl.fileio import atomic_write_text
-from medssl.stages.tune import RESULTS_FILE, TRIALS_DIR, markdown_table
+from medssl.stages.tune import RAY_DIR, RESULTS_FILE, TRIALS_DIR, can_restore, markdown_table
 
 PRESET = "label-fractions"
 VARIANT_KEY = "train.method,train.init"
+FRACTION_KEY = "train.label_fraction"
 ENCODER_DIR = "encoder"
 SWEEP_DIR = "sweep"
 REPORT_FILE = "study.md"
@@ -116,6 +117,8 @@ def label_fraction_study(
     )
     if not encoder_file.is_file():
         raise ConfigError(f"--encoder {encoder_file}: not found (a pretrain run's encoder.pt)")
+    # a study killed before its sweep started resumes by starting it
+    storage = cfg.storage or str(out_dir / SWEEP_DIR / RAY_DIR)
     sweep = tune_sweep(
         dataset_dir,
         out_dir / SWEEP_DIR,
@@ -123,7 +126,7 @@ def label_fraction_study(
         cfg,
         {"train.weights": str(encoder_file)},
         name=PRESET,
-        resume=resume,
+        resume=resume and can_restore(storage, PRESET),
         progress=progress,
         track=track,
     )
@@ -177,6 +180,11 @@ def write_report(out_dir: Path, sweep_dir: Path, evaluate_cfg: EvaluateConfig) -
     done = frame[frame["status"] == "completed"].copy()
     if done.empty:
         raise ConfigError(f"{sweep_dir}: no completed cell to report")
+    missing = [k for k in (VARIANT_KEY, FRACTION_KEY) if k not in done]
+    if missing:
+        raise ConfigError(
+            f"{sweep_dir}: the study's space must search {missing[0]} (tune.presets.{PRESET})"
+        )
     done["strategy"] = [_strategy(v) for v in done[VARIANT_KEY]]
     cells = _decisions(done, sweep_dir / TRIALS_DIR)
     table = strategy_table(cells, evaluate_cfg)
@@ -185,7 +193,8 @@ def write_report(out_dir: Path, sweep_dir: Path, evaluate_cfg: EvaluateConfig) -
         "# Label-fraction study (paper 000 Fig. 6)",
         "",
         "Test weighted F1 (thresholds tuned on val), mean over seeds, 95 % CI from resampling "
-        "test exams; labeled = train images in the label-fraction subset.",
+        "test exams (it covers the test sample, not the seed spread); labeled = train images "
+        "in the label-fraction subset.",
         "",
         markdown_table(table),
         "",
@@ -228,15 +237,25 @@ def _decisions(done: pd.DataFrame, trials_dir: Path) -> dict[tuple[str, float], 
     from medssl.stages.evaluate import read_predictions, score
 
     cells: dict[tuple[str, float], _Cell] = {}
+    first: tuple[Path, Any] | None = None
     for row in done.to_dict(orient="records"):
         folder = trials_dir / str(row["trial"]) / "train"
         classes, splits = read_predictions(folder / PREDICTIONS_FILE)
+        test = splits["test"]
+        if first is None:
+            first = (folder, test)
+        elif not (
+            np.array_equal(first[1].exams, test.exams) and np.array_equal(first[1].y, test.y)
+        ):  # effects pair rows by position: every cell must score the same test rows
+            raise DataContractError(
+                f"{folder}: its test rows differ from {first[0]}'s (the dataset changed "
+                "between cells?): rerun the study into a new --out"
+            )
         scored = score(classes, splits["val"], splits["test"], EvaluateConfig(bootstrap=0))
-        fraction = float(row["train.label_fraction"])
+        fraction = float(row[FRACTION_KEY])
         key = (str(row["strategy"]), fraction)
         if key not in cells:
             summary = json.loads((folder / "train.json").read_text())
-            test = splits["test"]
             cells[key] = _Cell(
                 key[0], fraction, int(summary["train_images"]), test.y, test.exams, []
             )

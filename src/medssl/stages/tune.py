@@ -471,9 +471,9 @@ def tune_sweep(
     read_info(dataset_dir)
     out_dir = Path(out_dir).resolve()
     storage = cfg.storage or str(out_dir / RAY_DIR)
-    if resume and not _can_restore(storage, name):
+    if resume and not can_restore(storage, name):
         raise ConfigError(f"--resume: no sweep {name!r} in {storage} to continue")
-    if not resume and _can_restore(storage, name):
+    if not resume and can_restore(storage, name):
         raise ConfigError(
             f"{out_dir} holds sweep {name!r} already: --resume continues it, or choose "
             "another --out (or delete it)"
@@ -568,7 +568,7 @@ def _absolute_paths(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def _can_restore(storage: str, name: str) -> bool:
+def can_restore(storage: str, name: str) -> bool:
     from ray import tune
 
     path = f"{storage.rstrip('/')}/{name}"
