@@ -61,6 +61,16 @@ def test_the_preset_is_strategies_1_to_4_at_every_label_fraction():
     assert plan.trials == 6 * len(fractions.values) * params.tune.with_preset(PRESET).seeds
 
 
+def test_a_cluster_address_is_refused_in_one_line(tiny_split, tmp_path):
+    result = medssl(
+        "study", "label-fractions", str(tiny_split), "--out", str(tmp_path / "s"),
+        "--encoder", str(tmp_path / "none.pt"), "--no-track",
+        "-S", "tune.address=http://ray-head:8265",
+    )  # fmt: skip
+    assert result.code == 2 and "not supported yet" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
 STUDY_PARAMS = {
     "pretrain": {"device": "cpu", "max_steps": 2, "batch_exams": 4, "tsne_points": 0},
     "train": {"device": "cpu", "batch_exams": 2, "max_batch_images": 32, "lr": 0.001},

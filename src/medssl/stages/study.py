@@ -108,6 +108,12 @@ def label_fraction_study(
 
     out_dir = Path(out_dir).resolve()
     cfg = params.tune.with_preset(PRESET).with_updates(updates or {})
+    if cfg.address:
+        raise ConfigError(
+            f"tune.address={cfg.address}: the study runs its cells with this machine's Ray (on "
+            "a cluster: the KFP label_fractions pipeline); submitting them as a Ray Job needs the "
+            "encoder uploaded with the dataset, which is not supported yet"
+        )
     encoder_file = (
         Path(encoder).resolve()
         if encoder
