@@ -47,6 +47,9 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  source .venv/bin/activate && dvc exp run -S lsd.alpha=1.2 && medssl models compare 1 2"
 	@echo "Sweep a hyperparameter with Ray Tune (every trial an MLflow child run; --apply writes the best to params.yaml):"
 	@echo "  source .venv/bin/activate && medssl tune data/splits -S lsd.lambda=[1,2,5] --seeds 2 --metric val_nmi"
+	@echo "Semi-supervised FixMatch, and paper 000 Fig. 6 (supervised vs FixMatch, random vs encoder init, 10-100 % labels):"
+	@echo "  source .venv/bin/activate && medssl train data/splits --out models/fixmatch -S train.method=fixmatch-twohead -S train.max_steps=200"
+	@echo "  source .venv/bin/activate && medssl study label-fractions data/splits --encoder models/pretrain/encoder.pt --seeds 1"
 
 test: venv ## lint, format check and the test suite
 	ruff check $(PY_SRC)
