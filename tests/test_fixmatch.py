@@ -171,7 +171,7 @@ def test_the_unlabeled_stream_holds_the_rows_outside_the_labeled_subset(semi_spl
     # every labeled row's combination index points at its own label set
     for row in method.train_rows:
         assert (method.combos[method.combo_of_row[row]] == method.targets[row]).all()
-    hidden = method.hidden_combinations(method.unlabeled_rows)
+    hidden = method.combo_of_row[method.unlabeled_rows]
     known = m["split"].to_numpy()[method.unlabeled_rows] == "train"
     assert (hidden[~known] == -2).all() and (hidden[known] >= -1).all()
 

@@ -35,8 +35,7 @@ from medssl.engine.context import Context
 from medssl.engine.method import StepOutput
 from medssl.errors import ConfigError, DataContractError
 from medssl.method_params import FixMatchParams, TwoHeadParams
-from medssl.methods.base import MultilabelMethod
-from medssl.methods.supervised import multilabel_bce
+from medssl.methods.supervised import Supervised, multilabel_bce
 from medssl.models import Classifier
 
 COMBINATION_HEAD = "combinations"
@@ -109,8 +108,9 @@ def student(model: nn.Module) -> Classifier:
     return net
 
 
-class FixMatchOneHead(MultilabelMethod):
-    """Paper 000 §2.3.2, One-Head model (see the module doc)."""
+class FixMatchOneHead(Supervised):
+    """Paper 000 §2.3.2, One-Head model (see the module doc): supervised training's labeled
+    stream and batch, plus the unlabeled stream and its two views."""
 
     name = "fixmatch-onehead"
     Hyperparameters = FixMatchParams
@@ -162,12 +162,9 @@ class FixMatchOneHead(MultilabelMethod):
     # --- data -------------------------------------------------------------------------------
 
     def streams(self) -> dict[str, BatchSampler]:
-        cfg, mu = self.cfg, self.hparams.mu
-        labeled, unlabeled = self.train_rows, self.unlabeled_rows
+        cfg, mu, unlabeled = self.cfg, self.hparams.mu, self.unlabeled_rows
         return {
-            "labeled": ExamBatchSampler(
-                labeled, self.exam_ids[labeled], cfg.batch_exams, cfg.max_batch_images, cfg.seed
-            ),
+            **super().streams(),  # "labeled": the epoch stream
             "unlabeled": ExamBatchSampler(
                 unlabeled,
                 self.exam_ids[unlabeled],
@@ -179,12 +176,11 @@ class FixMatchOneHead(MultilabelMethod):
         }
 
     def make_batch(self, rows: Mapping[str, np.ndarray], ctx: Context) -> dict[str, torch.Tensor]:
-        lab, unl = rows["labeled"], rows["unlabeled"]
-        x_l = to_float(ctx.upload(self.cache.take(lab)), ctx.channels_last)
+        """Supervised's labeled images and targets, and both views of the unlabeled images."""
+        unl = rows["unlabeled"]
         x_u = to_float(ctx.upload(self.cache.take(unl)), ctx.channels_last)
         return {
-            "labeled": augment(x_l, WEAK, ctx.generator),  # type: ignore[dict-item]
-            "targets": ctx.upload(self.targets[lab]),
+            **super().make_batch(rows, ctx),
             "weak": augment(x_u, WEAK, ctx.generator),  # type: ignore[dict-item]
             "strong": rand_augment(x_u, self.strong, ctx.generator),
             # the hidden labels of train rows outside the subset (NaN elsewhere): measurement only
@@ -195,11 +191,11 @@ class FixMatchOneHead(MultilabelMethod):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Context) -> StepOutput:
         net = student(model)
-        n_l = len(batch["labeled"])
         with torch.no_grad():  # the pseudo-labels: no gradient through the weak view
             weak = self.pseudo_logits(net, batch["weak"])
-        features = net.features(torch.cat([batch["labeled"], batch["strong"]]))
-        sup, unsup, mask, correct = self.terms(net, features, n_l, weak, batch)
+        # labeled images and strong views in one pass: features [labeled; strong]
+        features = net.features(torch.cat([batch["images"], batch["strong"]]))
+        sup, unsup, mask, correct = self.terms(net, features, weak, batch)
         loss = sup + self.hparams.lambda_u * unsup
         self.record(mask, correct)
         logs = {"loss_s": sup.detach(), "loss_u": unsup.detach(), "mask_rate": mask.float().mean()}
@@ -212,12 +208,12 @@ class FixMatchOneHead(MultilabelMethod):
         self,
         net: Classifier,
         features: torch.Tensor,
-        n_l: int,
         weak: torch.Tensor,
         batch: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L_s, L_u, confident-row mask, per-row pseudo-label correctness: 1/0, NaN where the
         row's labels are unknown)."""
+        n_l = len(batch["images"])
         logits = net.head(features)
         sup = multilabel_bce(logits[:n_l], batch["targets"])
         targets, mask = onehead_pseudo_labels(torch.sigmoid(weak), self.hparams.tau)
@@ -273,10 +269,13 @@ class FixMatchTwoHead(FixMatchOneHead):
         hparams: TwoHeadParams | None = None,
     ) -> None:
         super().__init__(cfg, dataset, cache, hparams)
-        y = self.targets[self.train_rows].astype(np.int8)
-        self.combos, ids = np.unique(y, axis=0, return_inverse=True)
-        self.combo_of_row = np.full(len(self.targets), -1, dtype=np.int64)
-        self.combo_of_row[self.train_rows] = ids.reshape(-1)
+        self.combos = np.unique(self.targets[self.train_rows].astype(np.int8), axis=0)
+        # every row's combination index, once: -1 outside the K (a pseudo-label cannot be
+        # right), -2 where the labels are unknown; the labeled rows' are their CE targets
+        known = ~np.isnan(self.targets).any(axis=1)
+        match = (self.targets[known][:, None, :] == self.combos[None, :, :]).all(axis=2)
+        self.combo_of_row = np.full(len(self.targets), -2, dtype=np.int64)
+        self.combo_of_row[known] = np.where(match.any(axis=1), match.argmax(axis=1), -1)
         seen = len(self.combos)
         self.k = self.hparams.combinations or seen
         if self.k < seen:
@@ -294,19 +293,8 @@ class FixMatchTwoHead(FixMatchOneHead):
     def make_batch(self, rows: Mapping[str, np.ndarray], ctx: Context) -> dict[str, torch.Tensor]:
         batch = super().make_batch(rows, ctx)
         batch["combos"] = ctx.upload(self.combo_of_row[rows["labeled"]])
-        batch["hidden_combos"] = ctx.upload(self.hidden_combinations(rows["unlabeled"]))
+        batch["hidden_combos"] = ctx.upload(self.combo_of_row[rows["unlabeled"]])
         return batch
-
-    def hidden_combinations(self, rows: np.ndarray) -> np.ndarray:
-        """The combination index of each row's hidden labels: -1 for a combination outside the K
-        (a pseudo-label cannot be right), -2 where the labels are unknown."""
-        y = self.targets[rows]
-        known = ~np.isnan(y).any(axis=1)
-        out = np.full(len(rows), -2, dtype=np.int64)
-        if known.any():
-            match = (y[known][:, None, :] == self.combos[None, :, :]).all(axis=2)
-            out[known] = np.where(match.any(axis=1), match.argmax(axis=1), -1)
-        return out
 
     def pseudo_logits(self, net: Classifier, weak: torch.Tensor) -> torch.Tensor:
         return net.extra_heads[COMBINATION_HEAD](net.features(weak)).float()
@@ -315,11 +303,11 @@ class FixMatchTwoHead(FixMatchOneHead):
         self,
         net: Classifier,
         features: torch.Tensor,
-        n_l: int,
         weak: torch.Tensor,
         batch: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """§2.3.2: L = Σ_S [H(w, p) + L_BCE(v, p̄)] + λ_u Σ_U L_u(p̃, p̂)."""
+        n_l = len(batch["images"])
         combo_logits = net.extra_heads[COMBINATION_HEAD](features).float()
         multi = net.head(features[:n_l])
         sup = F.cross_entropy(combo_logits[:n_l], batch["combos"]) + multilabel_bce(
