@@ -38,7 +38,7 @@ from medssl.methods.deepcluster import DeepCluster
 from medssl.metrics.bootstrap import bootstrap_paired_difference
 from medssl.metrics.clustering import label_combinations, match_clusters, nmi, purity
 from medssl.models.inference import predictions_table
-from medssl.stages.evaluate import predictions_splits, read_predictions, score
+from medssl.stages.evaluate import predictions_splits, score, score_predictions
 from medssl.stages.pretrain import pretrain
 from medssl.stages.split import split
 from medssl.stages.synth import synth
@@ -71,9 +71,7 @@ def dataset(work: Path, size: str) -> Path:
 def test_decisions(model_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(y_test, test decisions at val-tuned thresholds, test exams, metrics) of a predictions
     file, scored like `medssl evaluate`."""
-    classes, splits = read_predictions(model_dir / PREDICTIONS_FILE)
-    scored = score(classes, splits["val"], splits["test"], EvaluateConfig(bootstrap=1000))
-    test = splits["test"]
+    test, scored = score_predictions(model_dir / PREDICTIONS_FILE, EvaluateConfig(bootstrap=1000))
     return test.y, scored.test_pred, test.exams, scored.metrics
 
 

@@ -252,11 +252,9 @@ def ingest_cmd(
 
 def _tracked(stage: str, cfg: Params, dataset: Path | None, track: bool):
     """The MLflow stage run (nested in the pipeline's parent run), or a no-op tracker."""
-    from contextlib import nullcontext
+    from medssl.tracking import tracked_stage
 
-    from medssl.tracking import NullTracker, stage_run
-
-    return stage_run(stage, cfg, dataset) if track else nullcontext(NullTracker())
+    return tracked_stage(stage, cfg, dataset, track)
 
 
 @app.command("train")
@@ -507,11 +505,7 @@ def tune_cmd(
     }  # fmt: skip
     tune_cfg = cfg.tune.with_preset(preset)
     updates = {k: v for k, v in flags.items() if v is not None}
-    resources = dict(tune_cfg.resources)
-    if cpu is not None:
-        resources["cpu"] = cpu
-    if gpu is not None:
-        resources["gpu"] = gpu
+    resources = _resources(tune_cfg.resources, cpu, gpu)
     tune_cfg = tune_cfg.with_updates({**updates, "resources": resources})
     cli_space = parse_cli_space(space or [])
     sweep_name = name or preset or "sweep"
@@ -584,16 +578,17 @@ def study_label_fractions(
         updates["seeds"] = seeds
     if max_concurrent is not None:
         updates["max_concurrent"] = max_concurrent
-    resources = dict(cfg.tune.with_preset("label-fractions").resources)
-    if cpu is not None:
-        resources["cpu"] = cpu
-    if gpu is not None:
-        resources["gpu"] = gpu
-    updates["resources"] = resources
+    updates["resources"] = _resources(cfg.tune.with_preset("label-fractions").resources, cpu, gpu)
     result = label_fraction_study(
         dataset, out, cfg, encoder=encoder, updates=updates, resume=resume, track=track
     )
     typer.echo(result.describe())
+
+
+def _resources(base: dict, cpu: float | None, gpu: float | None) -> dict:
+    """A trial's resources with the --cpu/--gpu flags over `base`."""
+    flags = {"cpu": cpu, "gpu": gpu}
+    return {**base, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _tracking_uri() -> str:

@@ -194,6 +194,13 @@ def scored_inputs(model_dir: Path) -> dict[str, str | None]:
     }
 
 
+def score_predictions(path: Path, cfg: EvaluateConfig) -> tuple[_Split, Scored]:
+    """A predictions file's test rows and their scoring as `evaluate` does it (thresholds from
+    val; `Scored.test_pred` holds the test decisions), without writing anything."""
+    classes, splits = read_predictions(path)
+    return splits["test"], score(classes, splits["val"], splits["test"], cfg)
+
+
 def read_predictions(path: Path) -> tuple[list[str], dict[str, _Split]]:
     """Classes (in label-column order) and the val and test rows of a predictions file;
     a one-line DataContractError for anything the evaluation cannot use."""

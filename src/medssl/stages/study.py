@@ -152,17 +152,14 @@ def pretrained_encoder(
 ) -> Path:
     """The study's deep-clustering encoder: `pretrain` into `folder` once (a finished run is
     reused, a killed one continues from its checkpoint)."""
-    from contextlib import nullcontext
-
     from medssl.fileio import partial_dir
     from medssl.stages.pretrain import pretrain
-    from medssl.tracking.base import NullTracker
-    from medssl.tracking.runs import stage_run
+    from medssl.tracking.runs import tracked_stage
 
     encoder = folder / "encoder.pt"
     if encoder.is_file():
         return encoder
-    run = stage_run("pretrain", params, dataset_dir) if track else nullcontext(NullTracker())
+    run = tracked_stage("pretrain", params, dataset_dir, track)
     with run as tracker:
         pretrain(
             dataset_dir,
@@ -240,14 +237,13 @@ def _strategy(variant: str) -> str:
 
 def _decisions(done: pd.DataFrame, trials_dir: Path) -> dict[tuple[str, float], _Cell]:
     """Per (strategy, fraction), the test decisions of every seed at its own val thresholds."""
-    from medssl.stages.evaluate import read_predictions, score
+    from medssl.stages.evaluate import score_predictions
 
     cells: dict[tuple[str, float], _Cell] = {}
     first: tuple[Path, Any] | None = None
     for row in done.to_dict(orient="records"):
         folder = trials_dir / str(row["trial"]) / "train"
-        classes, splits = read_predictions(folder / PREDICTIONS_FILE)
-        test = splits["test"]
+        test, scored = score_predictions(folder / PREDICTIONS_FILE, EvaluateConfig(bootstrap=0))
         if first is None:
             first = (folder, test)
         elif not (
@@ -257,7 +253,6 @@ def _decisions(done: pd.DataFrame, trials_dir: Path) -> dict[tuple[str, float], 
                 f"{folder}: its test rows differ from {first[0]}'s (the dataset changed "
                 "between cells?): rerun the study into a new --out"
             )
-        scored = score(classes, splits["val"], splits["test"], EvaluateConfig(bootstrap=0))
         fraction = float(row[FRACTION_KEY])
         key = (str(row["strategy"]), fraction)
         if key not in cells:

@@ -14,6 +14,7 @@ from medssl.tracking.base import NullTracker, Tracker
 _LAZY = {
     "MlflowTracker": "medssl.tracking.runs",
     "stage_run": "medssl.tracking.runs",
+    "tracked_stage": "medssl.tracking.runs",
     "tracking_uri": "medssl.tracking.uri",
     "tracking_enabled": "medssl.tracking.runs",
     "data_hash": "medssl.tracking.runs",

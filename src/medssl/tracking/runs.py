@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +460,13 @@ def stage_run(
                 _end(mc, run_id, active, status)
             with suppress(Exception):
                 mc.set_terminated(parent, status)
+
+
+def tracked_stage(
+    stage: str, params: Params, dataset_dir: Path | str | None, enabled: bool
+) -> AbstractContextManager[Tracker]:
+    """`stage_run(...)`, or a no-op tracker when `enabled` is False (`--no-track`)."""
+    return stage_run(stage, params, dataset_dir) if enabled else nullcontext(NullTracker())
 
 
 def _end(mc: MlflowClient, run_id: str, active: Any, status: str) -> None:
