@@ -389,7 +389,6 @@ def _set(column, value, rows=slice(None)):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_drop_split("val"), "no 'val' rows"),
         (_drop_split("test"), "no 'test' rows"),
         (lambda t: t.drop(columns=["score_Liver"]), "label(s) without a score column: Liver"),
         (lambda t: t.drop(columns=["label_Liver"]), "score(s) without a label column: Liver"),
@@ -423,3 +422,23 @@ def test_missing_or_unreadable_predictions_file(tmp_path):
 
 def _no_constants(name):
     raise AssertionError(f"metrics.json is not strict JSON: {name}")
+
+
+def test_without_val_rows_thresholds_are_one_half(tmp_path):
+    """A cross-validation round has no val split: every class is decided at score >= 0.5, and
+    the label-prevalence baseline predicts every class that has a positive."""
+    table = _drop_split("val")(make_predictions(n_val_exams=4, n_test_exams=6, seed=3))
+    model = tmp_path / "model"
+    model.mkdir()
+    table.to_parquet(model / "predictions.parquet")
+    result = evaluate(model, None, EvaluateConfig(bootstrap=0))
+    per = result.metrics["per_class"]
+    assert all(m["threshold"] == 0.5 for m in per.values())
+    test = table[table["split"] == "test"]
+    classes = list(per)
+    y = test[[f"label_{c}" for c in classes]].to_numpy(dtype=bool)
+    pred = test[[f"score_{c}" for c in classes]].to_numpy() >= 0.5
+    weighted = f1_score(y, pred, average="weighted", zero_division=0)
+    assert result.metrics["test_f1_weighted"] == pytest.approx(weighted)
+    assert result.metrics["val_images"] == 0
+    assert "no val rows: threshold 0.5" in format_table(result)

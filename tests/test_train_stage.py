@@ -120,7 +120,7 @@ def test_train_writes_the_model_folder(trained, labeled_split):
     manifest = ds.manifest
     expected = manifest[manifest["split"].isin(["val", "test"])]
     assert len(preds) == len(expected) and set(preds["split"]) == {"val", "test"}
-    assert list(preds.columns[:4]) == ["image", "patient_id", "exam_id", "split"]
+    assert list(preds.columns[:5]) == ["image", "patient_id", "exam_id", "lesion_id", "split"]
     for c in ds.info.classes:
         assert preds[f"label_{c}"].dtype == "Int8"
         assert preds[f"score_{c}"].dtype == np.float32

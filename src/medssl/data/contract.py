@@ -95,6 +95,14 @@ class DatasetInfo(BaseModel):
             return [label_column(c) for c in self.classes]
         return []
 
+    def class_columns(self, classes: list[str] | None = None) -> list[str]:
+        """The manifest label column of each class (default: all of them): `label_<c>`, or
+        `target` for the one (positive) class of a binary dataset."""
+        classes = list(self.classes) if classes is None else classes
+        if self.task == "binary":
+            return ["target" for _ in classes]
+        return [label_column(c) for c in classes]
+
 
 def label_column(class_name: str) -> str:
     return f"{LABEL_PREFIX}{class_name}"

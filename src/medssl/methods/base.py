@@ -17,7 +17,7 @@ from torch import nn
 from medssl.config import LoopConfig, PretrainConfig, TrainConfig
 from medssl.data.augment import to_float
 from medssl.data.cache import ImageCache
-from medssl.data.contract import Dataset, label_column
+from medssl.data.contract import Dataset
 from medssl.data.samplers import BatchSampler, ExamBatchSampler
 from medssl.data.splitting import LABEL_FRACTION_COLUMN
 from medssl.engine.context import Context
@@ -50,9 +50,10 @@ def labeled_train_rows(
 
 
 def multilabel_targets(dataset: Dataset) -> tuple[list[str], np.ndarray]:
-    """The dataset's classes and its [N, C] float32 targets (NaN on unlabeled rows)."""
+    """The dataset's classes and its [N, C] float32 targets (NaN on unlabeled rows); a binary
+    dataset is its one positive class, read from `target`."""
     classes = list(dataset.info.classes)
-    cols = [label_column(c) for c in classes]
+    cols = dataset.info.class_columns()
     targets = dataset.manifest[cols].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
     return classes, targets
 
@@ -120,9 +121,12 @@ class DatasetMethod(Method):
 
 
 class MultilabelMethod(DatasetMethod):
-    """A method whose product is a multi-label classifier validated by weighted F1."""
+    """A method whose product is a multi-label classifier (or a binary one: one class) validated
+    by weighted F1. `needs_val`: refuse a dataset without labeled val rows (the best val epoch is
+    kept); a method that keeps its last epoch may train without them (cross-validation)."""
 
     monitor = "val_f1_weighted"
+    needs_val = True
     cfg: TrainConfig
 
     def __init__(
@@ -133,14 +137,14 @@ class MultilabelMethod(DatasetMethod):
         hparams: BaseModel | None = None,
     ) -> None:
         super().__init__(cfg, dataset, cache, hparams)
-        label_cols = [label_column(c) for c in self.classes]
+        label_cols = dataset.info.class_columns()
         self.train_rows = labeled_train_rows(dataset.manifest, label_cols, cfg.label_fraction)
         if len(self.train_rows) == 0:
             raise DataContractError(
                 f"{dataset.root}: no labeled train rows in the label_fraction "
                 f"<= {cfg.label_fraction:g} subset"
             )
-        if len(self.val_rows) == 0:
+        if len(self.val_rows) == 0 and self.needs_val:
             raise DataContractError(
                 f"{dataset.root}: no labeled val rows (validation selects the best epoch)"
             )
@@ -165,7 +169,10 @@ class MultilabelMethod(DatasetMethod):
     def validate(self, model: nn.Module, ctx: Context) -> dict[str, float]:
         """Val BCE loss and val weighted F1 at the per-class F1-maximising thresholds
         (paper 000 §3.2)."""
-        logits = self.predict_logits(model, ctx, self.val_rows)
+        return self.val_metrics(self.predict_logits(model, ctx, self.val_rows))
+
+    def val_metrics(self, logits: np.ndarray) -> dict[str, float]:
+        """validate's numbers from the val rows' logits."""
         y = self.targets[self.val_rows]
         loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y))
         scores = 1 / (1 + np.exp(-logits.astype(np.float64)))

@@ -66,18 +66,24 @@ def multilabel_report(
 ) -> MultilabelReport:
     """Per-class and support-weighted precision, recall and F1 (scikit-learn's definitions,
     zero_division=0), as in paper 000 Tables 1-2."""
-    y_true = np.asarray(y_true, dtype=int)
-    y_pred = np.asarray(y_pred, dtype=int)
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
-    wp, wr, wf, _ = precision_recall_fscore_support(
-        y_true, y_pred, average="weighted", zero_division=0
-    )
+    p, r, f, s = _prfs(y_true, y_pred, None)
+    wp, wr, wf, _ = _prfs(y_true, y_pred, "weighted")
     weighted = {"precision": float(wp), "recall": float(wr), "f1": float(wf)}
     return MultilabelReport(list(classes), p, r, f, s, weighted)
 
 
 def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(_prfs(y_true, y_pred, "weighted")[2])
+
+
+def _prfs(y_true: np.ndarray, y_pred: np.ndarray, average: str | None) -> tuple:
+    """scikit-learn's precision_recall_fscore_support over the columns of [n, C] 0/1 arrays. One
+    column (a binary task) is the positive class alone: scikit-learn would read it as a binary
+    vector and average over both classes."""
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    return float(
-        precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)[2]
-    )
+    if y_true.ndim == 2 and y_true.shape[1] == 1:
+        p, r, f, s = precision_recall_fscore_support(
+            y_true[:, 0], y_pred[:, 0], labels=[1], average=None, zero_division=0
+        )
+        return (p, r, f, s) if average is None else (p[0], r[0], f[0], None)
+    return precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)

@@ -15,17 +15,18 @@ from medssl.data.contract import SCORE_PREFIX, Dataset, label_column
 from medssl.errors import DataContractError
 from medssl.models.scoring import probabilities
 
-PREDICTION_ID_COLUMNS = ["image", "patient_id", "exam_id", "split"]
+PREDICTION_ID_COLUMNS = ["image", "patient_id", "exam_id", "lesion_id", "split"]
 
 
 def predictions_table(
     dataset: Dataset, rows: np.ndarray, classes: Sequence[str], scores: np.ndarray
 ) -> pd.DataFrame:
-    """One row per manifest row in `rows`: ids, split, label_<c> (Int8), score_<c> (float32)."""
+    """One row per manifest row in `rows`: ids, split, label_<c> (Int8; a binary dataset's
+    `target`), score_<c> (float32)."""
     m = dataset.manifest
     table = m.iloc[rows][PREDICTION_ID_COLUMNS].reset_index(drop=True)
-    for c in classes:
-        table[label_column(c)] = m[label_column(c)].iloc[rows].astype("Int8").array
+    for c, col in zip(classes, dataset.info.class_columns(list(classes)), strict=True):
+        table[label_column(c)] = m[col].iloc[rows].astype("Int8").array
     for i, c in enumerate(classes):
         table[f"{SCORE_PREFIX}{c}"] = scores[:, i].astype(np.float32)
     return table
@@ -48,7 +49,7 @@ def score_dataset(
     from medssl.imaging import decode_image
 
     info, m = dataset.info, dataset.manifest
-    labeled = m[[label_column(c) for c in classes]].notna().all(axis=1)
+    labeled = m[info.class_columns(list(classes))].notna().all(axis=1)
     rows = np.flatnonzero(m["split"].isin(list(splits)).to_numpy(dtype=bool) & labeled)
     spec = (info.image_size, info.channels, info.bit_depth)
     images = [decode_image(dataset.image_path(p), *spec) for p in m["image"].iloc[rows]]

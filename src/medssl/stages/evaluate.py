@@ -25,6 +25,7 @@ from medssl.config import EvaluateConfig
 from medssl.data.contract import LABEL_PREFIX, PREDICTIONS_FILE, SCORE_PREFIX
 from medssl.errors import DataContractError
 from medssl.fileio import sha256_file, staged_dir
+from medssl.metrics.binary import binary_report
 from medssl.metrics.bootstrap import bootstrap_weighted_f1
 from medssl.metrics.multilabel import (
     best_thresholds,
@@ -56,6 +57,17 @@ FILES = {
     "report": REPORT_FILE,
     "table": TABLE_FILE,
 }
+DEFAULT_THRESHOLD = 0.5  # without val rows to tune on
+# paper 004 Table 1's columns (metrics.json: test_<key>), in its order
+BINARY_COLUMNS = {
+    "auc": "AUC",
+    "accuracy": "ACC",
+    "sensitivity": "Sensitivity",
+    "precision": "Precision",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "mcr": "MCR",
+}
 ROW_NAMES = {"f1": "F1-score", "precision": "Precision", "recall": "Recall"}
 AVG_NAME = "weighted avg"
 
@@ -82,6 +94,7 @@ class _Split:
     y: np.ndarray  # [n, C] bool
     scores: np.ndarray  # [n, C] float
     exams: np.ndarray  # [n] exam ids
+    lesions: np.ndarray | None = None  # [n] lesion ids, when every row has one
 
 
 def evaluate(
@@ -142,14 +155,22 @@ class Scored:
 
 def score(classes: list[str], val: _Split, test: _Split, cfg: EvaluateConfig) -> Scored:
     """Paper 000 §3.2: per-class thresholds maximising val F1, then test P/R/F1 (per class and
-    support-weighted), the exam-bootstrap CI and the label-prevalence baseline."""
-    thresholds = best_thresholds(val.y, val.scores)
-    val_report = multilabel_report(val.y, val.scores >= thresholds, classes)
+    support-weighted), the exam-bootstrap CI and the label-prevalence baseline. Without val rows
+    (a cross-validation round) every threshold is 0.5 (paper 004: the classifier's decision).
+    One class (a binary task) adds paper 004's Table 1 columns (test_auc … test_mcr)."""
+    has_val = len(val.y) > 0
+    if has_val:
+        thresholds = best_thresholds(val.y, val.scores)
+    else:
+        thresholds = np.full(len(classes), DEFAULT_THRESHOLD)
+    val_report = multilabel_report(val.y, val.scores >= thresholds, classes) if has_val else None
     test_pred = test.scores >= thresholds
     report = multilabel_report(test.y, test_pred, classes)
     ci = bootstrap_weighted_f1(test.y, test_pred, test.exams, cfg.bootstrap, cfg.ci, cfg.seed)
     # label-prevalence baseline: a constant score, thresholds tuned on val like the model's
-    baseline_pred = np.broadcast_to(constant_score_thresholds(val.y) < 0, test.y.shape)
+    # (without val: predict every class that has a positive, the F1-optimal constant)
+    constant = constant_score_thresholds(val.y if has_val else test.y)
+    baseline_pred = np.broadcast_to(constant < 0, test.y.shape)
     baseline = weighted_f1(test.y, baseline_pred)
 
     metrics: dict[str, Any] = {
@@ -175,7 +196,11 @@ def score(classes: list[str], val: _Split, test: _Split, cfg: EvaluateConfig) ->
             for i, c in enumerate(classes)
         },
     }
-    return Scored(metrics, thresholds, test_pred, val_report.f1.astype(float))
+    if len(classes) == 1:
+        binary = binary_report(test.y[:, 0], test.scores[:, 0], test_pred[:, 0], test.lesions)
+        metrics.update({f"test_{k}": _finite(v) for k, v in binary.items()})
+    val_f1 = val_report.f1.astype(float) if val_report else np.full(len(classes), np.nan)
+    return Scored(metrics, thresholds, test_pred, val_f1)
 
 
 def default_eval_dir(model_dir: Path) -> Path:
@@ -240,6 +265,10 @@ def predictions_splits(table: pd.DataFrame, path: str) -> tuple[list[str], dict[
     split_col = table["split"].astype("string")
     for name in ("val", "test"):
         rows = table[(split_col == name).fillna(False).to_numpy(dtype=bool)]
+        if rows.empty and name == "val":  # cross-validation: thresholds at 0.5
+            splits[name] = _Split(np.zeros((0, len(classes)), bool), np.zeros((0, len(classes))),
+                                  np.zeros(0, dtype=object))  # fmt: skip
+            continue
         if rows.empty:
             found = sorted(str(s) for s in split_col.dropna().unique())
             raise DataContractError(
@@ -265,7 +294,15 @@ def predictions_splits(table: pd.DataFrame, path: str) -> tuple[list[str], dict[
         exams = rows["exam_id"]
         if exams.isna().any():
             raise DataContractError(f"{path}: missing exam_id on {name} rows")
-        splits[name] = _Split(y.astype(bool), scores, exams.astype(str).to_numpy())
+        lesions = rows["lesion_id"] if "lesion_id" in rows.columns else None
+        if lesions is not None and lesions.isna().any():
+            lesions = None
+        splits[name] = _Split(
+            y.astype(bool),
+            scores,
+            exams.astype(str).to_numpy(),
+            None if lesions is None else lesions.astype(str).to_numpy(),
+        )
     return classes, splits
 
 
@@ -357,13 +394,25 @@ def _summary_lines(result: EvaluateResult) -> list[str]:
             f"{m['test_f1_weighted_ci_high']:.3f} "
             f"({result.bootstrap} exam resamples)"
         )
-    return [
+    if m["val_images"]:
+        source = f"thresholds from val: {m['val_images']:,} images, {m['val_exams']:,} exams"
+    else:
+        source = f"no val rows: threshold {DEFAULT_THRESHOLD:g}"
+    lines = [
         f"weighted F1 {m['test_f1_weighted']:.3f}, {ci}",
         f"label-prevalence baseline: weighted F1 {m['test_prevalence_f1_weighted']:.3f}",
         f"test: {m['test_images']:,} images, {m['test_exams']:,} exams, "
-        f"{m['test_labels']:,} labels; thresholds from val: {m['val_images']:,} images, "
-        f"{m['val_exams']:,} exams",
+        f"{m['test_labels']:,} labels; {source}",
     ]
+    if "test_auc" in m:  # binary (paper 004 Table 1)
+        cells = [f"{name} {_pct(m.get(f'test_{key}'))}" for key, name in BINARY_COLUMNS.items()]
+        erring = m.get("test_mcr_lesions") or 0
+        lines.append(f"binary: {', '.join(cells)} (MCR over {erring:.0f} lesions with an error)")
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def format_table(result: EvaluateResult) -> str:

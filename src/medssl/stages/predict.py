@@ -49,7 +49,7 @@ PARTS_DIR = "parts"
 FINGERPRINT_FILE = "fingerprint.json"
 INGESTED_DIR = "ingested"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-ID_COLUMNS = ["image", "patient_id", "exam_id", "split"]
+ID_COLUMNS = ["image", "patient_id", "exam_id", "lesion_id", "split"]
 
 
 @dataclass
@@ -189,7 +189,7 @@ def _images(data_dir: Path, out_dir: Path, spec: InferenceSpec, ingest: IngestCo
     if not pictures:
         raise DataContractError(f"{data_dir}: no dataset.yaml, no images and no DICOM files")
     ids = pd.DataFrame({"image": [p.relative_to(data_dir).as_posix() for p in pictures]})
-    ids["patient_id"] = ids["exam_id"] = ids["split"] = pd.NA
+    ids["patient_id"] = ids["exam_id"] = ids["lesion_id"] = ids["split"] = pd.NA
     return _Images(ids, pictures, spec.image_size, spec.channels, 8, str(data_dir))
 
 
