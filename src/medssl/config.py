@@ -24,18 +24,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# `data.size` values of each `data.kind` (the SIZES of medssl.data.synth.archive and .cardiac;
-# tests keep them in agreement)
+# `data.size` values of each `data.kind` (the SIZES of medssl.data.synth.archive, .cardiac and
+# .breast; tests keep them in agreement)
 SYNTH_SIZES: dict[str, tuple[str, ...]] = {
     "abdominal-us": ("tiny", "small", "paper"),
     "cardiac-mr": ("tiny", "small", "small-3", "paper", "paper-3"),
+    "breast-us": ("tiny", "small", "paper"),
 }
 
 
 class DataConfig(Section):
     """`medssl data synth`: the generated archive."""
 
-    kind: Literal["abdominal-us", "cardiac-mr"] = "abdominal-us"
+    kind: Literal["abdominal-us", "cardiac-mr", "breast-us"] = Field(
+        "abdominal-us",
+        description="abdominal-us (paper 000) | cardiac-mr (paper 001) | breast-us (paper 004)",
+    )
     size: str = Field("small", description="a size of the kind (SYNTH_SIZES)")
     seed: int = 0
     workers: int = Field(0, ge=0, description="processes for image writing; 0 = all cores")
@@ -143,6 +147,10 @@ class LoopConfig(Section):
         "adam", description="adam (paper 000 §3.2) | sgd with momentum (paper 001 §4)"
     )
     lr: float = Field(1e-4, gt=0)  # paper 000 §3.2: Adam, fixed learning rate 0.0001
+    lr_decay_every: int | None = Field(
+        None, ge=1, description="epochs between learning-rate decays (paper 004: 50); null: fixed"
+    )
+    lr_decay: float = Field(0.1, gt=0, le=1, description="factor of each decay (paper 004: 0.1)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     weight_decay: float = Field(0.0, ge=0)
     batch_exams: int = Field(4, ge=1, description="t exams per batch (paper 000 §3.2)")
@@ -169,6 +177,33 @@ class TrainConfig(LoopConfig):
         "model.pt or a pretrain encoder.pt",
     )
     label_fraction: float = Field(1.0, gt=0, le=1, description="train subset (split stage)")
+    cv_folds: int = Field(
+        0,
+        ge=0,
+        description="k-fold cross-validation by patient over the labeled rows (paper 004 §3.1: "
+        "5); 0: the dataset's own train/val/test splits",
+    )
+    cv_fold: int = Field(0, ge=0, description="the held-out fold (test) when cv_folds > 0")
+
+    @model_validator(mode="after")
+    def _check_cv(self) -> TrainConfig:
+        if self.cv_folds == 1:
+            raise PydanticCustomError(
+                "cv_folds", "cv_folds must be 0 (off) or at least 2", {"field": "cv_folds"}
+            )
+        if self.cv_folds and self.cv_fold >= self.cv_folds:
+            raise PydanticCustomError(
+                "cv_fold",
+                f"cv_fold {self.cv_fold} is not one of 0 … {self.cv_folds - 1}",
+                {"field": "cv_fold"},
+            )
+        if self.cv_folds and self.label_fraction < 1:
+            raise PydanticCustomError(
+                "cv_fraction",
+                "cross-validation trains on every labeled row: label_fraction must be 1",
+                {"field": "label_fraction"},
+            )
+        return self
 
 
 class PretrainConfig(LoopConfig):

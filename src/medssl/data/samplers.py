@@ -76,9 +76,14 @@ class EpochSampler:
 
 
 class ExamBatchSampler(EpochSampler):
-    """Paper 000 §3.2: "at each iteration we randomly sample a subset t of exams, instead of
-    sampling a set of images". Each epoch visits every exam once in a seeded random order; a batch
-    is t = `batch_exams` exams with all their images, randomly capped at `max_batch_images`."""
+    """The engine's group sampler. Paper 000 §3.2: "at each iteration we randomly sample a subset
+    t of exams, instead of sampling a set of images". Each epoch visits every group (exam, or
+    patient / lesion: `exam_ids` holds any group id) once in a seeded random order; a batch is
+    t = `batch_exams` groups with all their images, randomly capped at `max_batch_images`.
+
+    `per_group` = K makes P × K batches (paper 004 §3.1: 8 patients × 8 images): each group gives
+    exactly K images, drawn without replacement, topped up by repeats when it has fewer (a
+    repeated image is augmented anew)."""
 
     def __init__(
         self,
@@ -88,10 +93,14 @@ class ExamBatchSampler(EpochSampler):
         max_batch_images: int,
         seed: int = 0,
         stream: int = 0,
+        per_group: int | None = None,
     ) -> None:
         super().__init__(seed, stream)
         rows = np.asarray(rows, dtype=np.int64)
         exam_ids = np.asarray(exam_ids, dtype=object)
+        if per_group is not None and per_group < 1:
+            raise ValueError("per_group must be >= 1")
+        self.per_group = per_group
         if len(rows) != len(exam_ids):
             raise ValueError("rows and exam_ids must have the same length")
         if len(rows) == 0:
@@ -111,11 +120,21 @@ class ExamBatchSampler(EpochSampler):
         perm = rng.permutation(len(self.exams))
         out = []
         for start in range(0, len(perm), self.batch_exams):
-            batch = np.concatenate([self.exams[i] for i in perm[start : start + self.batch_exams]])
+            groups = [self.exams[i] for i in perm[start : start + self.batch_exams]]
+            if self.per_group is not None:
+                groups = [_k_of(g, self.per_group, rng) for g in groups]
+            batch = np.concatenate(groups)
             if len(batch) > self.max_batch_images:
                 batch = rng.choice(batch, self.max_batch_images, replace=False)
             out.append(batch)
         return out
+
+
+def _k_of(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k of `rows`: distinct when there are enough, else all of them and random repeats."""
+    if len(rows) >= k:
+        return rng.choice(rows, k, replace=False)
+    return np.concatenate([rows, rng.choice(rows, k - len(rows), replace=True)])
 
 
 class RandomBatchSampler(EpochSampler):

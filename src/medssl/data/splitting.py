@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medssl.data.contract import SPLITS
+from medssl.data.contract import LABELED_SPLITS, SPLITS
 
 LABEL_FRACTION_COLUMN = "label_fraction"
 
@@ -20,20 +20,54 @@ def assign_splits(manifest: pd.DataFrame, fractions: Mapping[str, float], seed: 
     at least one patient when there are enough) and each split ends within about one patient of its
     share (paper 000 §3.1: "no overlap of patients between sets").
     """
+    names = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    by_patient = _patient_bins(manifest, [fractions[s] for s in names], seed)
+    labels = pd.Series(
+        np.asarray(names, dtype=object)[by_patient.to_numpy()], index=by_patient.index
+    )
+    return manifest["patient_id"].map(labels).astype("string").rename("split")
+
+
+def _patient_bins(manifest: pd.DataFrame, shares: Sequence[float], seed: int) -> pd.Series:
+    """The bin (0 … len(shares) - 1) of every patient, by patient id: patients in a seeded random
+    order, each to the bin furthest below its share of the images relative to that share."""
     per_patient = manifest.groupby("patient_id", sort=True).size()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(per_patient))
-    names = [s for s in SPLITS if fractions.get(s, 0) > 0]
-    targets = np.array([fractions[s] for s in names]) * len(manifest)
-    counts = np.zeros(len(names))
-    choice = np.empty(len(per_patient), dtype=object)
+    targets = np.asarray(shares, dtype=float) * len(manifest)
+    counts = np.zeros(len(targets))
+    choice = np.empty(len(per_patient), dtype=np.int64)
     sizes = per_patient.to_numpy()
     for i in order:
         k = int(np.argmax((targets - counts) / targets))
-        choice[i] = names[k]
+        choice[i] = k
         counts[k] += sizes[i]
-    by_patient = pd.Series(choice, index=per_patient.index, dtype="string")
-    return manifest["patient_id"].map(by_patient).astype("string").rename("split")
+    return pd.Series(choice, index=per_patient.index)
+
+
+def cv_folds(manifest: pd.DataFrame, folds: int, seed: int = 0) -> pd.Series:
+    """The fold (0 … folds - 1, Int64) of every labeled row (train/val/test), patient-disjoint with
+    about equal images per fold (paper 004 §3.1: "randomly split into 5 disjoint folds"); NA on
+    the other rows."""
+    labeled = manifest["split"].isin(list(LABELED_SPLITS)).to_numpy(dtype=bool)
+    out = pd.Series(pd.NA, index=manifest.index, dtype="Int64", name="fold")
+    if labeled.any():
+        bins = _patient_bins(manifest[labeled], [1.0 / folds] * folds, seed)
+        out[labeled] = manifest.loc[labeled, "patient_id"].map(bins).astype("Int64")
+    return out
+
+
+def cv_split(manifest: pd.DataFrame, folds: int, fold: int, seed: int = 0) -> pd.Series:
+    """The split column of round `fold` of a k-fold cross-validation (paper 004 §3.1: trained on
+    4 folds, evaluated on the held-out one): labeled rows of the fold → test, the other labeled
+    rows → train, no val; unlabeled rows stay unlabeled."""
+    fold_of = cv_folds(manifest, folds, seed)
+    split = manifest["split"].astype("string").copy()
+    labeled = fold_of.notna().to_numpy(dtype=bool)
+    held_out = (fold_of == fold).fillna(False).to_numpy(dtype=bool)
+    split[labeled] = "train"
+    split[held_out] = "test"
+    return split.rename("split")
 
 
 def label_fraction_column(

@@ -54,6 +54,8 @@ RESUME_KEYS = (
     "weights",
     "optimizer",
     "lr",
+    "lr_decay_every",
+    "lr_decay",
     "momentum",
     "weight_decay",
     "batch_exams",
@@ -119,6 +121,16 @@ def make_optimizer(
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def decay_learning_rate(opt: torch.optim.Optimizer, cfg: LoopConfig, epoch: int) -> None:
+    """Step decay (paper 004 §3.1: ×0.1 every 50 epochs): each group's lr is its initial lr ×
+    lr_decay^(epoch // lr_decay_every), a function of the epoch alone (a resumed run agrees)."""
+    if cfg.lr_decay_every is None:
+        return
+    factor = cfg.lr_decay ** (epoch // cfg.lr_decay_every)
+    for group in opt.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
 class Trainer:
     """Train `method` under `cfg`. `checkpoint_dir` None disables checkpoints (and resume).
     `fingerprint` is extra plain data that must match on resume (e.g. the dataset's hash)."""
@@ -165,6 +177,8 @@ class Trainer:
         seed_everything(cfg.seed)
         model = ctx.prepare(self.method.build_model(ctx))
         self.optimizer = make_optimizer(cfg, self.method.optimizer_params(model), ctx.device)
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
         self.model = model
         self.streams = self.method.streams()
         if not self.streams:
@@ -326,6 +340,7 @@ class Trainer:
         while not st.finished:
             ctx.epoch, ctx.step = self.primary.epoch, st.step
             if self.primary.position == 0:
+                decay_learning_rate(opt, self.cfg, self.primary.epoch)
                 for param in method.on_epoch_start(model, self.primary.epoch, ctx) or ():
                     opt.state.pop(param, None)  # e.g. a re-initialised head: fresh moments
             rows = {name: stream.next_batch() for name, stream in self.streams.items()}

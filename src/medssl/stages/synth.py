@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medssl.config import DataConfig, SplitConfig
 from medssl.data.synth.archive import ArchivePlan, plan_archive, write_archive
+from medssl.data.synth.breast import BreastPlan, plan_breast, write_breast
 from medssl.data.synth.cardiac import CardiacPlan, plan_cardiac, write_cardiac
 
 
@@ -24,11 +25,16 @@ def synth(
 ) -> SynthResult:
     """Plan and render a `data.kind` archive of `data.size` into `out_dir` (replaced atomically).
     Splits follow `split.fractions` (default: paper 000's 94.6/3.0/1.0/1.4 %). Kinds:
-    `abdominal-us` (archive.py, paper 000) and `cardiac-mr` (cardiac.py, paper 001)."""
-    plan: ArchivePlan | CardiacPlan
+    `abdominal-us` (archive.py, paper 000), `cardiac-mr` (cardiac.py, paper 001) and `breast-us`
+    (breast.py, paper 004: every image labeled, so only the train/val/test shares count,
+    renormalised to 1)."""
+    plan: ArchivePlan | CardiacPlan | BreastPlan
     if data.kind == "cardiac-mr":
         plan = plan_cardiac(data.size, data.seed, split.fractions, data.metadata_error)
         write_cardiac(plan, Path(out_dir), workers=data.workers, progress=progress)
+    elif data.kind == "breast-us":
+        plan = plan_breast(data.size, data.seed, split.fractions)
+        write_breast(plan, Path(out_dir), workers=data.workers, progress=progress)
     else:
         plan = plan_archive(data.size, data.seed, split.fractions)
         write_archive(plan, Path(out_dir), workers=data.workers, progress=progress)

@@ -17,6 +17,7 @@ validation improvement, the best validation epoch's weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from pydantic import BaseModel
 from medssl.config import LoopConfig, TrainConfig
 from medssl.data.cache import open_cache
 from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
+from medssl.data.splitting import LABEL_FRACTION_COLUMN, cv_split
 from medssl.engine.checkpoint import load_checkpoint
 from medssl.engine.loop import CHECKPOINT_FILE, Callback, FitResult, Trainer
 from medssl.engine.method import Method
@@ -195,6 +197,8 @@ def fit_in_staging(
     cache = open_cache(
         dataset, cfg.cache_dir, workers=cfg.workers, progress=None if progress else False
     )
+    if isinstance(cfg, TrainConfig) and cfg.cv_folds:
+        dataset = cross_validation_round(dataset, cfg.cv_folds, cfg.cv_fold)
     method = method_cls(cfg, dataset, cache, hparams)  # type: ignore[call-arg]
     with staged_dir(out_dir, staging=staging) as tmp:
         trainer = Trainer(
@@ -211,6 +215,16 @@ def fit_in_staging(
         except KeyboardInterrupt:
             raise Interrupted(interrupted(trainer, stage, dataset_dir, out_dir)) from None
         yield method, trainer, fit, tmp
+
+
+def cross_validation_round(dataset: Dataset, folds: int, fold: int) -> Dataset:
+    """The dataset as round `fold` of a patient-grouped k-fold cross-validation sees it
+    (splitting.cv_split: the held-out fold is test, the other labeled rows train, no val; folds
+    drawn with seed 0, the same for every method and seed so rounds pair up). The label-fraction
+    column goes: cross-validation trains on every labeled row."""
+    manifest = dataset.manifest.drop(columns=[LABEL_FRACTION_COLUMN], errors="ignore")
+    manifest = manifest.assign(split=cv_split(dataset.manifest, folds, fold))
+    return dataclasses.replace(dataset, manifest=manifest)
 
 
 def write_history(history: list[dict[str, float]], path: Path, first: list[str]) -> None:
