@@ -24,6 +24,7 @@ def test_repo_params_yaml_matches_the_models():
         "deepcluster",
         "fixmatch-onehead",
         "fixmatch-twohead",
+        "lesion-recognition",
         "train",
         "evaluate",
         "register",

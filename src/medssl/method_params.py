@@ -83,10 +83,32 @@ class TwoHeadParams(FixMatchParams):
     )
 
 
+class LesionRecognitionParams(Section):
+    """`lesion-recognition:` in params.yaml (paper 004 §2-3). The loop's knobs are `train:`'s
+    (paper 004: resnet50, Adam lr 1e-4 ×0.1 every 50 epochs, 200 epochs, 256 px)."""
+
+    variant: Literal["baseline", "lr", "ir", "lr-sc", "lr-dc", "lr-none"] = Field(
+        "lr",
+        description="baseline: L_cls only; lr: eq. 3 pairs; ir: instance recognition (eq. 5); "
+        "lr-sc / lr-dc / lr-none: LR without the same-class / other-class / all negatives "
+        "(Table 2)",
+    )
+    alpha: float = Field(1.0, ge=0, description="weight α of L_con (eq. 4; the paper gives none)")
+    temperature: float = Field(
+        1.0, gt=0, description="S(z_i, z_j) = cosine / temperature (eq. 2 has none: 1)"
+    )
+    group_by: Literal["patient", "lesion"] = Field(
+        "patient", description="the P groups of a batch (paper 004 §3.1: patients)"
+    )
+    groups_per_batch: int = Field(8, ge=1, description="P groups per batch (paper: 8)")
+    images_per_group: int = Field(8, ge=1, description="K images per group (paper: 8)")
+
+
 SECTIONS: dict[str, type[BaseModel]] = {
     "pica": PicaParams,
     "lsd": LsdParams,
     "deepcluster": DeepClusterParams,
     "fixmatch-onehead": FixMatchParams,
     "fixmatch-twohead": TwoHeadParams,
+    "lesion-recognition": LesionRecognitionParams,
 }

@@ -9,6 +9,7 @@ from medssl.errors import ConfigError
 from medssl.methods.base import EncoderMethod, MultilabelMethod
 from medssl.methods.deepcluster import DeepCluster
 from medssl.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
+from medssl.methods.lesion import LesionRecognition
 from medssl.methods.pica import Lsd, Pica
 from medssl.methods.supervised import Supervised
 
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     DeepCluster.name: DeepCluster,
     FixMatchOneHead.name: FixMatchOneHead,
     FixMatchTwoHead.name: FixMatchTwoHead,
+    LesionRecognition.name: LesionRecognition,
 }
 
 
@@ -47,6 +49,7 @@ __all__ = [
     "EncoderMethod",
     "FixMatchOneHead",
     "FixMatchTwoHead",
+    "LesionRecognition",
     "Lsd",
     "Method",
     "MultilabelMethod",
