@@ -112,14 +112,16 @@ def config_show(set_: SetOption = None, params: ParamsOption = DEFAULT_PARAMS) -
 def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
     kind: Annotated[
-        str | None, typer.Option(help="abdominal-us | cardiac-mr (default: data.kind).")
+        str | None,
+        typer.Option(help="abdominal-us | cardiac-mr | breast-us (default: data.kind)."),
     ] = None,
     size: Annotated[
         str | None,
         typer.Option(
             help="abdominal-us: tiny (~300 img, 32 px) | small (~5k, 64 px) | paper (89,830, "
             "128 px); cardiac-mr: tiny (~300, 32 px) | small (~4k, 13 classes, 64 px) | small-3 "
-            "(~3k, LA 2/3/4ch, 64 px) | paper (23,943, 128 px) | paper-3 (47,637, 128 px)."
+            "(~3k, LA 2/3/4ch, 64 px) | paper (23,943, 128 px) | paper-3 (47,637, 128 px); "
+            "breast-us: tiny (~110, 32 px) | small (~1.7k, 64 px) | paper (5,911, 128 px)."
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: data.seed).")] = None,
@@ -582,6 +584,46 @@ def study_label_fractions(
     result = label_fraction_study(
         dataset, out, cfg, encoder=encoder, updates=updates, resume=resume, track=track
     )
+    typer.echo(result.describe())
+
+
+@study_app.command("cv")
+def study_cv(
+    dataset: Annotated[
+        Path,
+        typer.Argument(help="A binary dataset with lesion ids (e.g. data synth --kind breast-us)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")] = Path(
+        "reports/studies/cv"
+    ),
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per cell.")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", help="Cells at once (0: as CPUs allow).")
+    ] = None,
+    cpu: Annotated[float | None, typer.Option("--cpu", help="CPUs per cell.")] = None,
+    gpu: Annotated[float | None, typer.Option("--gpu", help="GPUs per cell.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed study: finished cells are kept.")
+    ] = False,
+    track: TrackOption = True,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Paper 004 Tables 1-2: lesion recognition against its baseline, instance recognition and
+    the negative-set ablations, by 5-fold cross-validation grouped by patient, as one `medssl
+    tune` sweep (preset `cv`: variants, folds and budget in params.yaml); writes cv.md (mean ±
+    std per variant beside the paper, the paper's comparisons as paired differences) and cv.png
+    to OUT."""
+    from medssl.stages.cv_study import PRESET, cv_study
+
+    cfg = _params(params, set_)
+    updates: dict[str, object] = {}
+    if seeds is not None:
+        updates["seeds"] = seeds
+    if max_concurrent is not None:
+        updates["max_concurrent"] = max_concurrent
+    updates["resources"] = _resources(cfg.tune.with_preset(PRESET).resources, cpu, gpu)
+    result = cv_study(dataset, out, cfg, updates=updates, resume=resume, track=track)
     typer.echo(result.describe())
 
 

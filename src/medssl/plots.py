@@ -181,3 +181,29 @@ def plot_fractions(table, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_cv(cells, variants: list[str], names: dict[str, str], path: Path) -> None:
+    """Paper 004 Tables 1-2 at a glance: test AUC and MCR per variant, one point per fold × seed
+    cell (a fold's cells joined across variants), the mean as a bar (`cells`: variant, fold,
+    seed, auc, mcr)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    x = {v: i for i, v in enumerate(variants)}
+    panels = [("auc", "test AUC"), ("mcr", "MCR (lower is better)")]
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        means = [cells.loc[cells["variant"] == v, key].mean() for v in variants]
+        ax.bar(range(len(variants)), means, color="#c8d6e5", width=0.6)
+        for _, cell in cells.groupby(["fold", "seed"]):
+            cell = cell[cell["variant"].isin(variants)].sort_values(
+                "variant", key=lambda s: s.map(x)
+            )
+            ax.plot(cell["variant"].map(x), cell[key], color="grey", alpha=0.3, lw=0.8)
+            ax.scatter(cell["variant"].map(x), cell[key], color="#4c72b0", s=10, zorder=3)
+        ax.set_xticks(range(len(variants)), [names.get(v, v) for v in variants], fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("paper 004: per-fold test metrics (lines join a fold × seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
