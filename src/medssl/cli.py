@@ -575,12 +575,7 @@ def study_label_fractions(
     from medssl.stages.study import label_fraction_study
 
     cfg = _params(params, set_)
-    updates: dict[str, object] = {}
-    if seeds is not None:
-        updates["seeds"] = seeds
-    if max_concurrent is not None:
-        updates["max_concurrent"] = max_concurrent
-    updates["resources"] = _resources(cfg.tune.with_preset("label-fractions").resources, cpu, gpu)
+    updates = _study_updates(cfg, "label-fractions", seeds, max_concurrent, cpu, gpu)
     result = label_fraction_study(
         dataset, out, cfg, encoder=encoder, updates=updates, resume=resume, track=track
     )
@@ -617,14 +612,27 @@ def study_cv(
     from medssl.stages.cv_study import PRESET, cv_study
 
     cfg = _params(params, set_)
+    updates = _study_updates(cfg, PRESET, seeds, max_concurrent, cpu, gpu)
+    result = cv_study(dataset, out, cfg, updates=updates, resume=resume, track=track)
+    typer.echo(result.describe())
+
+
+def _study_updates(
+    cfg: Params,
+    preset: str,
+    seeds: int | None,
+    max_concurrent: int | None,
+    cpu: float | None,
+    gpu: float | None,
+) -> dict[str, object]:
+    """A study's tune settings from its flags, over the preset's."""
     updates: dict[str, object] = {}
     if seeds is not None:
         updates["seeds"] = seeds
     if max_concurrent is not None:
         updates["max_concurrent"] = max_concurrent
-    updates["resources"] = _resources(cfg.tune.with_preset(PRESET).resources, cpu, gpu)
-    result = cv_study(dataset, out, cfg, updates=updates, resume=resume, track=track)
-    typer.echo(result.describe())
+    updates["resources"] = _resources(cfg.tune.with_preset(preset).resources, cpu, gpu)
+    return updates
 
 
 def _resources(base: dict, cpu: float | None, gpu: float | None) -> dict:

@@ -30,26 +30,17 @@ import pandas as pd
 from medssl.config import Params
 from medssl.errors import ConfigError
 from medssl.fileio import atomic_write_text
-from medssl.stages.tune import RAY_DIR, RESULTS_FILE, TRIALS_DIR, can_restore, markdown_table
+from medssl.stages.evaluate import BINARY_COLUMNS as COLUMNS
+from medssl.stages.study import SWEEP_DIR, sweep_and_report
+from medssl.stages.tune import RESULTS_FILE, TRIALS_DIR, markdown_table
 from medssl.tuning import SEED_KEY
 
 PRESET = "cv"
 VARIANT_KEY = "lesion-recognition.variant"
 FOLD_KEY = "train.cv_fold"
-SWEEP_DIR = "sweep"
 REPORT_FILE = "cv.md"
 REPORT_JSON = "cv.json"
 PLOT_FILE = "cv.png"
-# paper 004 Table 1's columns (metrics.json: test_<key>)
-COLUMNS = {
-    "auc": "AUC",
-    "accuracy": "ACC",
-    "sensitivity": "Sensitivity",
-    "precision": "Precision",
-    "specificity": "Specificity",
-    "f1": "F1",
-    "mcr": "MCR",
-}
 NAMES = {
     "baseline": "Baseline",
     "ir": "IR",
@@ -126,8 +117,6 @@ def cv_study(
 ) -> CvStudyResult:
     """Run the `cv` sweep (every variant × fold × seed, train → evaluate) and write the report.
     `updates`: tune settings over the preset (seeds, max_concurrent …)."""
-    from medssl.stages.tune import tune_sweep
-
     out_dir = Path(out_dir).resolve()
     cfg = params.tune.with_preset(PRESET).with_updates(updates or {})
     if cfg.address:
@@ -136,27 +125,11 @@ def cv_study(
             "run it where the cells run (or `medssl tune --preset cv --address …` and report "
             "from the trial folders)"
         )
-    storage = cfg.storage or str(out_dir / SWEEP_DIR / RAY_DIR)
-    sweep = tune_sweep(
-        dataset_dir,
-        out_dir / SWEEP_DIR,
-        params,
-        cfg,
-        {},
-        name=PRESET,
-        resume=resume and can_restore(storage, PRESET),
-        progress=progress,
-        track=track,
-    )
-    result = write_cv_report(out_dir, out_dir / SWEEP_DIR)
-    result.sweep_run_id, result.seconds = sweep.sweep_run_id, sweep.seconds
-    if sweep.sweep_run_id:
-        from medssl.tracking.runs import client
-
-        mc = client()
-        for path in result.paths.values():
-            mc.log_artifact(sweep.sweep_run_id, str(path), "study")
-    return result
+    return sweep_and_report(
+        dataset_dir, out_dir, params, cfg, {}, PRESET,
+        lambda: write_cv_report(out_dir, out_dir / SWEEP_DIR),
+        resume=resume, progress=progress, track=track,
+    )  # fmt: skip
 
 
 def write_cv_report(out_dir: Path, sweep_dir: Path) -> CvStudyResult:

@@ -24,6 +24,7 @@ the cells that did not finish. Then the report, written to OUT and logged to the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medssl.config import EvaluateConfig, Params
+from medssl.config import EvaluateConfig, Params, TuneConfig
 from medssl.data.contract import PREDICTIONS_FILE
 from medssl.errors import ConfigError, DataContractError
 from medssl.fileio import atomic_write_text
@@ -104,8 +105,6 @@ def label_fraction_study(
     """Pre-train once (unless `encoder` is given), run the `label-fractions` sweep with every
     cell reading that encoder, then write the report. `updates`: tune settings over the preset
     (seeds, max_concurrent …)."""
-    from medssl.stages.tune import tune_sweep
-
     out_dir = Path(out_dir).resolve()
     cfg = params.tune.with_preset(PRESET).with_updates(updates or {})
     if cfg.address:
@@ -123,20 +122,45 @@ def label_fraction_study(
     )
     if not encoder_file.is_file():
         raise ConfigError(f"--encoder {encoder_file}: not found (a pretrain run's encoder.pt)")
-    # a study killed before its sweep started resumes by starting it
+    space = {"train.weights": str(encoder_file)}
+    return sweep_and_report(
+        dataset_dir, out_dir, params, cfg, space, PRESET,
+        lambda: write_report(out_dir, out_dir / SWEEP_DIR, params.evaluate),
+        resume=resume, progress=progress, track=track,
+    )  # fmt: skip
+
+
+def sweep_and_report(
+    dataset_dir: Path,
+    out_dir: Path,
+    params: Params,
+    cfg: TuneConfig,
+    space: dict[str, Any],
+    preset: str,
+    report: Callable[[], Any],
+    *,
+    resume: bool,
+    progress: bool,
+    track: bool,
+) -> Any:
+    """What every study does: its preset's sweep into OUT/sweep (a study killed before its sweep
+    started resumes by starting it), then `report()` (a result with `paths`, `sweep_run_id` and
+    `seconds`), whose files are logged to the sweep's MLflow run under `study/`."""
+    from medssl.stages.tune import tune_sweep
+
     storage = cfg.storage or str(out_dir / SWEEP_DIR / RAY_DIR)
     sweep = tune_sweep(
         dataset_dir,
         out_dir / SWEEP_DIR,
         params,
         cfg,
-        {"train.weights": str(encoder_file)},
-        name=PRESET,
-        resume=resume and can_restore(storage, PRESET),
+        space,
+        name=preset,
+        resume=resume and can_restore(storage, preset),
         progress=progress,
         track=track,
     )
-    result = write_report(out_dir, out_dir / SWEEP_DIR, params.evaluate)
+    result = report()
     result.sweep_run_id, result.seconds = sweep.sweep_run_id, sweep.seconds
     if sweep.sweep_run_id:
         from medssl.tracking.runs import client
