@@ -21,7 +21,8 @@ from sklearn.metrics import (
 from medssl.config import DataConfig, SplitConfig, TrainConfig
 from medssl.data.samplers import ExamBatchSampler
 from medssl.data.splitting import cv_folds, cv_split
-from medssl.errors import DataContractError
+from medssl.engine.loop import Callback
+from medssl.errors import ConfigError, DataContractError
 from medssl.method_params import LesionRecognitionParams
 from medssl.methods import METHODS, LesionRecognition
 from medssl.methods.lesion import contrastive_loss, contrastive_masks
@@ -31,6 +32,7 @@ from medssl.stages.synth import synth
 from medssl.stages.train import train
 
 VARIANTS = ("baseline", "lr", "ir", "lr-sc", "lr-dc", "lr-none")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_registered():
@@ -216,19 +218,39 @@ def test_each_variant_trains_and_evaluates(breast_tiny, tmp_path, variant):
     epoch kept), then paper 004's Table 1 metrics from the evaluate stage."""
     out = tmp_path / "model"
     cfg = _cfg(tmp_path, cv_folds=5, cv_fold=1)
-    result = train(breast_tiny, out, cfg, hparams=_params(variant), progress=False)
+    logged: list[set[str]] = []
+
+    class Logs(Callback):
+        def on_step_end(self, trainer, output):
+            logged.append(set(output.logs))
+
+    hparams = _params(variant)
+    result = train(breast_tiny, out, cfg, hparams=hparams, progress=False, callbacks=[Logs()])
     assert result.steps == 6 and result.best_epoch is None
+    expected = {"loss_cls"} if variant == "baseline" else {"loss_cls", "loss_con"}
+    assert all(keys == expected for keys in logged) and len(logged) == 6
     history = pd.read_csv(out / "history.csv")
     assert np.isfinite(history["train_loss"]).all()
+    # the predictions are exactly fold 1's rows, patient-disjoint from the rows trained on
+    manifest = pd.read_parquet(breast_tiny / "manifest.parquet")
+    rounds = cv_split(manifest, 5, 1)
     preds = pd.read_parquet(out / "predictions.parquet")
+    assert set(preds["image"]) == set(manifest.loc[rounds == "test", "image"])
+    trained = set(manifest.loc[rounds == "train", "patient_id"])
+    assert (
+        not trained & set(preds["patient_id"]) and result.train_images == (rounds == "train").sum()
+    )
     assert set(preds["split"]) == {"test"} and preds["lesion_id"].notna().all()
     assert list(preds.filter(like="score_").columns) == ["score_malignant"]
     metrics = evaluate(out, None, _eval_cfg()).metrics
     for key in ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "test_mcr"):
         assert key in metrics
     assert metrics["per_class"]["malignant"]["threshold"] == 0.5
-    meta = json.loads((out / "train.json").read_text())
-    assert meta["method"] == "lesion-recognition"
+    # one class: the weighted F1 is the positive class's F1, not an average over both classes
+    assert metrics["test_f1_weighted"] == pytest.approx(metrics["test_f1"])
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["method"] == "lesion-recognition"
+    assert (summary["cv_folds"], summary["cv_fold"]) == (5, 1)
 
 
 def _eval_cfg():
@@ -238,8 +260,15 @@ def _eval_cfg():
 
 
 def test_without_cross_validation_it_validates(breast_tiny, tmp_path):
+    """With val rows it logs val AUC; the step decay runs through the loop (×0.1 per epoch
+    here: the checkpoint's learning rate is lr × 0.1^(epochs − 1))."""
+    from medssl.engine.checkpoint import load_checkpoint
+
     out = tmp_path / "model"
-    train(breast_tiny, out, _cfg(tmp_path), hparams=_params("lr"), progress=False)
+    cfg = _cfg(tmp_path, max_steps=None, max_epochs=3, lr_decay_every=1)
+    train(breast_tiny, out, cfg, hparams=_params("lr"), progress=False)
+    group = load_checkpoint(out / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(1e-3 * 0.1**2) and group["initial_lr"] == 1e-3
     history = pd.read_csv(out / "history.csv")
     assert {"val_auc", "val_f1_weighted", "val_loss"} <= set(history.columns)
     assert set(pd.read_parquet(out / "predictions.parquet")["split"]) == {"val", "test"}
@@ -284,9 +313,10 @@ def test_effects_are_paired_over_folds_and_seeds():
         cells[cells.variant == "lr"].set_index(["fold", "seed"]).auc
         - cells[cells.variant == "baseline"].set_index(["fold", "seed"]).auc
     )
+    per_fold = diff.groupby(level="fold").mean()  # a fold's seeds are not independent
     row = effects.loc[("LR − baseline", "AUC")]
-    half = stats.t.ppf(0.975, 9) * diff.std(ddof=1) / math.sqrt(10)
-    assert row["delta"] == pytest.approx(diff.mean(), abs=0.01) and row["pairs"] == 10
+    half = stats.t.ppf(0.975, 4) * per_fold.std(ddof=1) / math.sqrt(5)
+    assert row["delta"] == pytest.approx(diff.mean(), abs=0.01) and row["folds"] == 5
     assert row["ci_high"] - row["ci_low"] == pytest.approx(2 * half, abs=0.02)
     assert row["paper"] == pytest.approx(1.5)
     assert effects.loc[("LR − baseline", "MCR")]["delta"] == pytest.approx(-2.0)
@@ -337,7 +367,7 @@ def test_the_study_runs_every_cell_reports_and_resumes(breast_tiny, tmp_path):
         assert cell["auc"].item() == pytest.approx(metrics["test_auc"])
     assert "Table 1" in (out / "cv.md").read_text()
     effects = pd.DataFrame(report["effects"])
-    assert set(effects["effect"]) == {"LR − baseline"} and set(effects["pairs"]) == {2}
+    assert set(effects["effect"]) == {"LR − baseline"} and set(effects["folds"]) == {2}
     mc = MlflowClient(uri)
     runs = mc.search_runs([mc.get_experiment_by_name("medssl").experiment_id])
     sweeps = [r for r in runs if r.data.tags.get("medssl.kind") == "sweep"]
@@ -353,17 +383,24 @@ def test_the_study_runs_every_cell_reports_and_resumes(breast_tiny, tmp_path):
 
 
 def test_a_binary_model_registers_and_predicts(breast_tiny, tmp_path, module_store):
-    """A cross-validation round's model: evaluate (AUC … MCR), register (the gate reads AUC),
-    then `predict` from the registry gives the train stage's test scores and decides at 0.5."""
+    """A binary model: evaluate (AUC … MCR), register (the gate reads AUC), then `predict` from
+    the registry gives the train stage's test scores and decides at the val threshold. A
+    cross-validation round's model is refused by register in one line."""
     from medssl.config import PredictConfig, RegisterConfig
+    from medssl.errors import ConfigError
     from medssl.stages.predict import predict
     from medssl.stages.register import register
 
+    gate = RegisterConfig(model_name="lesions", metric="test_auc")
+    fold = tmp_path / "fold"
+    train(breast_tiny, fold, _cfg(tmp_path, cv_folds=5, cv_fold=2), hparams=_params("lr"))
+    evaluate(fold, None, _eval_cfg())
+    with pytest.raises(ConfigError, match=r"a cross-validation round \(fold 2 of 5\)"):
+        register(fold, None, None, gate)
     model = tmp_path / "model"
-    cfg = _cfg(tmp_path, cv_folds=5, cv_fold=2)
-    train(breast_tiny, model, cfg, hparams=_params("lr"), progress=False)
+    train(breast_tiny, model, _cfg(tmp_path), hparams=_params("lr"), progress=False)
     metrics = evaluate(model, None, _eval_cfg()).metrics
-    result = register(model, None, None, RegisterConfig(model_name="lesions", metric="test_auc"))
+    result = register(model, None, None, gate)
     assert result.promoted
     out = predict("models:/lesions@champion", breast_tiny, tmp_path / "pred", PredictConfig())
     assert out.images == len(pd.read_parquet(breast_tiny / "manifest.parquet"))
@@ -373,8 +410,8 @@ def test_a_binary_model_registers_and_predicts(breast_tiny, tmp_path, module_sto
     own = pd.read_parquet(model / "predictions.parquet").set_index("image")
     mine = table.set_index("image").loc[own.index]
     np.testing.assert_allclose(mine["malignant_prob"], own["score_malignant"], atol=1e-5)
-    assert (mine["malignant"] == (own["score_malignant"] >= 0.5)).all()
-    assert metrics["per_class"]["malignant"]["threshold"] == 0.5
+    threshold = metrics["per_class"]["malignant"]["threshold"]
+    assert (mine["malignant"] == (own["score_malignant"] >= threshold)).all()
 
 
 def test_step_decay_of_the_learning_rate():
@@ -391,3 +428,36 @@ def test_step_decay_of_the_learning_rate():
     assert seen == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-3])
     decay_learning_rate(opt, TrainConfig(lr=1e-3), 10)  # off by default
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_cross_validation_errors_are_one_line(breast_tiny, tiny_split, tmp_path):
+    """Too few patients for the folds; a method that keeps its best val epoch; the study on a
+    dataset it cannot use."""
+    from cli_helpers import medssl
+    from medssl.stages.cv_study import check_dataset
+
+    with pytest.raises(DataContractError, match=r"cannot fill train\.cv_folds=50 patient-disjoint"):
+        train(breast_tiny, tmp_path / "m", _cfg(tmp_path, cv_folds=50), hparams=_params("lr"))
+    with pytest.raises(ConfigError, match="leaves no val rows, and 'supervised' keeps its best"):
+        train(tiny_split, tmp_path / "m", _cfg(tmp_path, method="supervised", cv_folds=5))
+    with pytest.raises(DataContractError, match="cannot fill 50 patient-disjoint folds"):
+        check_dataset(breast_tiny, 50)
+    with pytest.raises(DataContractError, match="a multilabel dataset; the study needs a binary"):
+        check_dataset(tiny_split, 5)
+    result = medssl("study", "cv", str(REPO / "tests"), "--out", str(tmp_path / "s"), "--no-track")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+
+
+def test_lesions_are_keyed_within_their_patient():
+    """Two patients may both number a lesion L1: they are different lesions (for the positives
+    of eq. 3 and for MCR)."""
+    from medssl.data.contract import DatasetInfo, lesion_keys
+
+    table = pd.DataFrame(
+        {"patient_id": ["p1", "p1", "p2", "p2"], "lesion_id": ["L1", "L1", "L1", None]}
+    )
+    keys = lesion_keys(table)
+    assert keys[0] == keys[1] != keys[2] and pd.isna(keys[3])
+    with pytest.raises(ValueError, match="exactly one class"):
+        DatasetInfo(name="x", task="binary", classes=["benign", "malignant"], modality="US",
+                    image_size=8)  # fmt: skip

@@ -68,6 +68,17 @@ class IngestConfig(Section):
     classes: list[str] = Field(
         default_factory=list, description="label columns created empty, for later annotation"
     )
+
+    @model_validator(mode="after")
+    def _binary_has_one_class(self) -> IngestConfig:
+        if self.task == "binary" and len(self.classes) != 1:
+            raise PydanticCustomError(
+                "binary_classes",
+                "a binary task names exactly one class, the positive one",
+                {"field": "classes"},
+            )
+        return self
+
     # paper 000 §3.1: B-mode only; exams kept by modality and report title
     modalities: list[str] = Field(default_factory=lambda: ["US"])
     scope_keywords: list[str] = Field(

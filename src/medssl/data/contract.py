@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medssl.errors import DataContractError
 from medssl.fileio import atomic_write_text
@@ -87,6 +87,15 @@ class DatasetInfo(BaseModel):
         "lets a derived dataset (e.g. the split stage's output) reuse images without copying",
     )
 
+    @model_validator(mode="after")
+    def _one_positive_class(self) -> DatasetInfo:
+        if self.task == "binary" and len(self.classes) != 1:
+            raise ValueError(
+                "a binary task names exactly one class, the positive one (its labels are the "
+                f"`target` column); got {len(self.classes)}"
+            )
+        return self
+
     def label_columns(self) -> list[str]:
         """Manifest columns that hold the labels of this task."""
         if self.task == "binary":
@@ -106,6 +115,13 @@ class DatasetInfo(BaseModel):
 
 def label_column(class_name: str) -> str:
     return f"{LABEL_PREFIX}{class_name}"
+
+
+def lesion_keys(table: pd.DataFrame) -> pd.Series:
+    """A lesion's key: patient_id/lesion_id (a lesion id is only unique within its patient); NA
+    where the lesion id is."""
+    lesion = table["lesion_id"].astype("string")
+    return (table["patient_id"].astype("string") + "/" + lesion).where(lesion.notna())
 
 
 def manifest_dtypes(info: DatasetInfo) -> dict[str, str]:

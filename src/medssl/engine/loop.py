@@ -61,6 +61,8 @@ RESUME_KEYS = (
     "batch_exams",
     "max_batch_images",
     "label_fraction",
+    "cv_folds",
+    "cv_fold",
     "seed",
 )
 

@@ -144,6 +144,12 @@ class MultilabelMethod(DatasetMethod):
                 f"{dataset.root}: no labeled train rows in the label_fraction "
                 f"<= {cfg.label_fraction:g} subset"
             )
+        if len(self.val_rows) == 0 and self.needs_val and cfg.cv_folds:
+            raise ConfigError(
+                f"train.cv_folds={cfg.cv_folds} leaves no val rows, and {self.name!r} keeps its "
+                "best val epoch: cross-validate a method that keeps its last one "
+                "(lesion-recognition)"
+            )
         if len(self.val_rows) == 0 and self.needs_val:
             raise DataContractError(
                 f"{dataset.root}: no labeled val rows (validation selects the best epoch)"
@@ -191,7 +197,12 @@ class MultilabelMethod(DatasetMethod):
     def export(self, model: nn.Module) -> tuple[Classifier, dict[str, Any]]:
         """The classifier to save as model.pt and its meta."""
         assert isinstance(model, Classifier)
-        meta = self.model_meta(self.cfg.init, label_fraction=self.cfg.label_fraction)
+        cv = (
+            {"cv_folds": self.cfg.cv_folds, "cv_fold": self.cfg.cv_fold}
+            if self.cfg.cv_folds
+            else {}
+        )
+        meta = self.model_meta(self.cfg.init, label_fraction=self.cfg.label_fraction, **cv)
         return model, meta
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from medssl.config import TrainConfig
 from medssl.data.augment import AugmentSpec, augment, to_float
 from medssl.data.cache import ImageCache
-from medssl.data.contract import Dataset
+from medssl.data.contract import Dataset, lesion_keys
 from medssl.data.samplers import BatchSampler, ExamBatchSampler
 from medssl.engine.context import Context
 from medssl.engine.method import StepOutput
@@ -104,8 +104,9 @@ class LesionRecognition(MultilabelMethod):
                 f"{dataset.root}: lesion-recognition needs a lesion_id on every train row "
                 f"({int(lesions.isna().sum())} missing); variant=baseline trains without"
             )
-        # one integer per lesion (NA rows: their own), the positives of eq. 3
-        codes, _ = pd.factorize(m["lesion_id"].astype("string"), use_na_sentinel=True)
+        # one integer per lesion (NA rows: their own), the positives of eq. 3; lesion ids are
+        # only unique within a patient
+        codes, _ = pd.factorize(lesion_keys(m), use_na_sentinel=True)
         self.lesion_codes = np.where(codes < 0, len(m) + np.arange(len(m)), codes)
         self.groups = m[f"{self.hparams.group_by}_id"].astype("string").to_numpy(dtype=object)
 

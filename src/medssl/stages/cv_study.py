@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.config import Params
-from medssl.errors import ConfigError
+from medssl.errors import ConfigError, DataContractError
 from medssl.fileio import atomic_write_text
 from medssl.stages.evaluate import BINARY_COLUMNS as COLUMNS
 from medssl.stages.study import SWEEP_DIR, sweep_and_report
@@ -125,11 +125,39 @@ def cv_study(
             "run it where the cells run (or `medssl tune --preset cv --address …` and report "
             "from the trial folders)"
         )
+    check_dataset(Path(dataset_dir), int(cfg.space.get("train.cv_folds", params.train.cv_folds)))
     return sweep_and_report(
         dataset_dir, out_dir, params, cfg, {}, PRESET,
         lambda: write_cv_report(out_dir, out_dir / SWEEP_DIR),
         resume=resume, progress=progress, track=track,
     )  # fmt: skip
+
+
+def check_dataset(dataset_dir: Path, folds: int) -> None:
+    """One-line errors before any cell runs: the study needs folds, a binary dataset, a lesion
+    id on every labeled row (the positives of LR, the groups of MCR) and a patient per fold."""
+    from medssl.data.contract import LABELED_SPLITS, Dataset
+
+    if folds < 2:
+        raise ConfigError(f"tune.presets.{PRESET}.space must set train.cv_folds (>= 2)")
+    dataset = Dataset.open(dataset_dir)
+    if dataset.info.task != "binary":
+        raise DataContractError(
+            f"{dataset_dir}: a {dataset.info.task} dataset; the study needs a binary one "
+            "(e.g. medssl data synth --kind breast-us)"
+        )
+    m = dataset.manifest
+    labeled = m[m["split"].isin(list(LABELED_SPLITS))]
+    if labeled["lesion_id"].isna().any():
+        raise DataContractError(
+            f"{dataset_dir}: {int(labeled['lesion_id'].isna().sum())} labeled row(s) without a "
+            "lesion_id (lesion recognition and MCR need one on every row)"
+        )
+    if labeled["patient_id"].nunique() < folds:
+        raise DataContractError(
+            f"{dataset_dir}: {labeled['patient_id'].nunique()} labeled patient(s) cannot fill "
+            f"{folds} patient-disjoint folds"
+        )
 
 
 def write_cv_report(out_dir: Path, sweep_dir: Path) -> CvStudyResult:
@@ -163,8 +191,9 @@ def write_cv_report(out_dir: Path, sweep_dir: Path) -> CvStudyResult:
     lines += [
         "## The paper's comparisons",
         "",
-        "Δ = a − b in points, paired over the same fold and seed; 95 % CI from the t "
-        "distribution of the paired differences.",
+        "Δ = a − b in points, paired over the same fold and seed, the seeds averaged within "
+        "each fold; 95 % CI from the t distribution over the folds (df = folds − 1; folds share "
+        "training rows, so it is somewhat narrow).",
         "",
         markdown_table(effects, "(no pair of variants to compare)"),
         "",
@@ -223,15 +252,18 @@ def variant_table(cells: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
 
 
 def effect_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Each claim of the paper as Δ = a − b (points) over the cells both variants ran, with the
-    t 95 % CI of the paired differences and the paper's Δ."""
+    """Each claim of the paper as Δ = a − b (points), paired over the fold × seed cells both
+    variants ran, the seeds averaged within each fold first (a fold's seeds share its train and
+    test rows: they are not independent), with the t 95 % CI over the folds (df = folds − 1) and
+    the paper's Δ. Folds share training rows too, so even this CI is somewhat narrow (Nadeau and
+    Bengio 2003)."""
     from scipy import stats
 
     rows = []
     for name, a, b, key in EFFECTS:
         pa = cells[cells["variant"] == a].set_index(["fold", "seed"])[key]
         pb = cells[cells["variant"] == b].set_index(["fold", "seed"])[key]
-        diff = (100 * (pa - pb)).dropna()
+        diff = (100 * (pa - pb)).dropna().groupby(level="fold").mean()
         if diff.empty:
             continue
         mean = float(diff.mean())
@@ -249,12 +281,12 @@ def effect_table(cells: pd.DataFrame) -> pd.DataFrame:
                 "delta": round(mean, 2),
                 "ci_low": round(mean - half, 2),
                 "ci_high": round(mean + half, 2),
-                "pairs": len(diff),
+                "folds": len(diff),
                 "paper": round(paper[0][0] - paper[1][0], 1) if all(paper) else None,
             }
         )
     return pd.DataFrame(
-        rows, columns=["effect", "metric", "delta", "ci_low", "ci_high", "pairs", "paper"]
+        rows, columns=["effect", "metric", "delta", "ci_low", "ci_high", "folds", "paper"]
     )
 
 

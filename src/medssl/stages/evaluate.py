@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.config import EvaluateConfig
-from medssl.data.contract import LABEL_PREFIX, PREDICTIONS_FILE, SCORE_PREFIX
+from medssl.data.contract import LABEL_PREFIX, PREDICTIONS_FILE, SCORE_PREFIX, lesion_keys
 from medssl.errors import DataContractError
 from medssl.fileio import sha256_file, staged_dir
 from medssl.metrics.binary import binary_report
@@ -294,9 +294,10 @@ def predictions_splits(table: pd.DataFrame, path: str) -> tuple[list[str], dict[
         exams = rows["exam_id"]
         if exams.isna().any():
             raise DataContractError(f"{path}: missing exam_id on {name} rows")
-        lesions = rows["lesion_id"] if "lesion_id" in rows.columns else None
-        if lesions is not None and lesions.isna().any():
-            lesions = None
+        lesions = None
+        if {"lesion_id", "patient_id"} <= set(rows.columns):
+            lesions = lesion_keys(rows)
+            lesions = None if lesions.isna().any() else lesions
         splits[name] = _Split(
             y.astype(bool),
             scores,

@@ -168,8 +168,16 @@ def check_inputs(
     foreign metrics.json and an unknown register.metric."""
     model_dir = Path(model_dir)
     eval_dir = Path(eval_dir) if eval_dir is not None else default_eval_dir(model_dir)
+    summary = read_summary(model_dir)
+    if summary.get("cv_folds"):
+        raise ConfigError(
+            f"{model_dir}: a cross-validation round (fold {summary.get('cv_fold')} of "
+            f"{summary['cv_folds']}) is scored on one fold and trained on the dataset's test "
+            "rows, so it cannot be compared with a champion: train on the dataset's splits "
+            "(train.cv_folds=0) to register"
+        )
     if dataset_dir is None:
-        trained_on = read_summary(model_dir).get("dataset")
+        trained_on = summary.get("dataset")
         dataset_dir = Path(trained_on) if trained_on else None
     metrics_path = eval_dir / METRICS_FILE
     metrics = _read_metrics(metrics_path)

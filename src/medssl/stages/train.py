@@ -31,12 +31,12 @@ from pydantic import BaseModel
 
 from medssl.config import LoopConfig, TrainConfig
 from medssl.data.cache import open_cache
-from medssl.data.contract import PREDICTIONS_FILE, Dataset, write_table
+from medssl.data.contract import LABELED_SPLITS, PREDICTIONS_FILE, Dataset, write_table
 from medssl.data.splitting import LABEL_FRACTION_COLUMN, cv_split
 from medssl.engine.checkpoint import load_checkpoint
 from medssl.engine.loop import CHECKPOINT_FILE, Callback, FitResult, Trainer
 from medssl.engine.method import Method
-from medssl.errors import Interrupted
+from medssl.errors import DataContractError, Interrupted
 from medssl.fileio import partial_dir, sha256_file, staged_dir
 from medssl.methods import MultilabelMethod, get_method
 from medssl.models import save_model
@@ -75,6 +75,8 @@ class TrainResult:
     best_val_f1_weighted: float | None
     train_images: int
     label_fraction: float
+    cv_folds: int = 0  # > 0: a cross-validation round; its test rows are fold cv_fold
+    cv_fold: int = 0
     resumed_from_step: int | None = None
     model_sha256: str | None = None
     paths: dict[str, Path] = field(default_factory=dict)
@@ -144,6 +146,8 @@ def train(
             best_val_f1_weighted=fit.best_score,
             train_images=len(method.train_rows),
             label_fraction=cfg.label_fraction,
+            cv_folds=cfg.cv_folds,
+            cv_fold=cfg.cv_fold,
             resumed_from_step=fit.resumed_from_step,
             model_sha256=sha256_file(tmp / MODEL_FILE),
         )
@@ -222,8 +226,15 @@ def cross_validation_round(dataset: Dataset, folds: int, fold: int) -> Dataset:
     (splitting.cv_split: the held-out fold is test, the other labeled rows train, no val; folds
     drawn with seed 0, the same for every method and seed so rounds pair up). The label-fraction
     column goes: cross-validation trains on every labeled row."""
-    manifest = dataset.manifest.drop(columns=[LABEL_FRACTION_COLUMN], errors="ignore")
-    manifest = manifest.assign(split=cv_split(dataset.manifest, folds, fold))
+    m = dataset.manifest
+    patients = m.loc[m["split"].isin(list(LABELED_SPLITS)), "patient_id"].nunique()
+    if patients < folds:
+        raise DataContractError(
+            f"{dataset.root}: {patients} labeled patient(s) cannot fill train.cv_folds={folds} "
+            "patient-disjoint folds"
+        )
+    manifest = m.drop(columns=[LABEL_FRACTION_COLUMN], errors="ignore")
+    manifest = manifest.assign(split=cv_split(m, folds, fold))
     return dataclasses.replace(dataset, manifest=manifest)
 
 
