@@ -185,7 +185,7 @@ def plot_fractions(table, path: Path) -> None:
 
 def plot_cv(cells, variants: list[str], names: dict[str, str], path: Path) -> None:
     """Paper 004 Tables 1-2 at a glance: test AUC and MCR per variant, one point per fold × seed
-    cell (a fold's cells joined across variants), the mean as a bar (`cells`: variant, fold,
+    cell (a fold's cells joined across variants), the mean as a red bar (`cells`: variant, fold,
     seed, auc, mcr)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -193,7 +193,8 @@ def plot_cv(cells, variants: list[str], names: dict[str, str], path: Path) -> No
     panels = [("auc", "test AUC"), ("mcr", "MCR (lower is better)")]
     for ax, (key, label) in zip(axes, panels, strict=True):
         means = [cells.loc[cells["variant"] == v, key].mean() for v in variants]
-        ax.bar(range(len(variants)), means, color="#c8d6e5", width=0.6)
+        ax.scatter(range(len(variants)), means, marker="_", s=900, lw=2.5, color="#c44e52",
+                   zorder=4, label="mean")  # fmt: skip
         for _, cell in cells.groupby(["fold", "seed"]):
             cell = cell[cell["variant"].isin(variants)].sort_values(
                 "variant", key=lambda s: s.map(x)
@@ -203,6 +204,7 @@ def plot_cv(cells, variants: list[str], names: dict[str, str], path: Path) -> No
         ax.set_xticks(range(len(variants)), [names.get(v, v) for v in variants], fontsize=8)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="lower left" if key == "auc" else "upper left")
     fig.suptitle("paper 004: per-fold test metrics (lines join a fold × seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
