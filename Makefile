@@ -50,6 +50,8 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "Semi-supervised FixMatch, and paper 000 Fig. 6 (supervised vs FixMatch, random vs encoder init, 10-100 % labels):"
 	@echo "  source .venv/bin/activate && medssl train data/splits --out models/fixmatch -S train.method=fixmatch-twohead -S train.max_steps=200"
 	@echo "  source .venv/bin/activate && medssl study label-fractions data/splits --encoder models/pretrain/encoder.pt --seeds 1"
+	@echo "Breast-ultrasound lesion recognition, paper 004 Tables 1-2 (6 variants x 5 patient-grouped folds):"
+	@echo "  source .venv/bin/activate && medssl data synth --kind breast-us --size tiny --out data/breast-us && medssl study cv data/breast-us --seeds 1"
 
 test: venv ## lint, format check and the test suite
 	ruff check $(PY_SRC)
