@@ -84,10 +84,14 @@ def test_kidney_findings_and_reports(paper_plan):
     abnormal_exams = m.loc[paper_plan.kidney_abnormal, "exam_id"].unique()
     assert len(abnormal_exams) / len(kidney_exams) == pytest.approx(0.3, abs=0.03)
     assert reports["title"].isna().mean() == pytest.approx(0.4, abs=0.03)  # paper 000 §3.1
-    abnormal_text = reports.loc[abnormal_exams, "text"]
-    assert abnormal_text.str.contains("Kyste|kystes|Dilatation").all()
+    # reports are noisy on purpose (paper 002: missed and false findings, tests/test_synth_reports)
+    finding = (
+        r"(?i)(?<!pas de )(?<!sans )(?<!absence de )(?<!ni de )(?<!non )"
+        r"\b(?:kyst\w*|hydronéphrose|dilatation|dilatées)\b"
+    )
+    assert reports.loc[abnormal_exams, "text"].str.contains(finding).mean() > 0.85
     normal = np.setdiff1d(kidney_exams, abnormal_exams)
-    assert not reports.loc[normal, "text"].str.contains("Kyste|kystes|Dilatation").any()
+    assert reports.loc[normal, "text"].str.contains(finding).mean() < 0.04
     bladder_only = m.groupby("exam_id")["label_bladder"].all()
     assert (reports["language"] == "fr").all()
     assert bladder_only.size == len(reports)
