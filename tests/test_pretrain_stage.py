@@ -224,7 +224,8 @@ def test_bad_input_is_one_clear_line(tiny_split, tmp_path, capsys):
     expect_error(
         cli(capsys, "pretrain", tiny_split, *args, "-S", "pretrain.method=supervised"),
         2,
-        "pretrain.method 'supervised' is not an encoder method (known: deepcluster, lsd, pica)",
+        "pretrain.method 'supervised' is not an encoder method "
+        "(known: convirt, deepcluster, lsd, pica)",
     )
     expect_error(
         cli(capsys, "train", tiny_split, *args, "-S", "train.method=lsd"),

@@ -165,6 +165,52 @@ def data_fetch(
     typer.echo(result.describe())
 
 
+@data_app.command("pairs")
+def data_pairs(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder with reports (a split archive).")],
+    clusters: Annotated[
+        Path,
+        typer.Option(
+            help="`medssl pretrain` folder of a clustering method (assignments, soft labels)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image-text dataset folder to write.")],
+    organ: Annotated[str | None, typer.Option(help="Organ class (default: pairs.organ).")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Soft-label share that makes a cluster the organ's (pairs.threshold)."),
+    ] = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Paper 002 §3: pair the organ's images (deep clusters, or labels) with the organ's report
+    sentences of their exam; writes an image-text dataset, its WordPiece tokenizer, the mention
+    table and the Fig. 2 flow (flow.json, flow.png)."""
+    cfg = _params(params, set_, **{"pairs.organ": organ, "pairs.threshold": threshold})
+    from medssl.stages.pairs import make_pairs
+
+    typer.echo(make_pairs(dataset, clusters, out, cfg.pairs).describe())
+
+
+@data_app.command("organ-task")
+def data_organ_task(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder with splits and labels.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Binary dataset folder to write.")],
+    organ: Annotated[str | None, typer.Option(help="Organ class (default: pairs.organ).")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Attribute column that is the target (pairs.target).")
+    ] = None,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Paper 002 §4.3: the labeled images of an organ as a binary dataset (e.g. normal/abnormal
+    kidney from `kidney_abnormal`), splits kept, images shared."""
+    cfg = _params(params, set_, **{"pairs.organ": organ, "pairs.target": target})
+    from medssl.stages.pairs import organ_task
+
+    typer.echo(organ_task(dataset, out, cfg.pairs).describe())
+
+
 @app.command("validate")
 def validate_cmd(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (contains dataset.yaml).")],

@@ -231,6 +231,33 @@ class PretrainConfig(LoopConfig):
     tsne_points: int = Field(2000, ge=0, description="points in the t-SNE plot; 0: no plot")
 
 
+class PairsConfig(Section):
+    """`medssl data pairs` / `medssl data organ-task` (paper 002 §3): image-text pairs of one
+    organ from deep clusters and report sentences, and the organ's labeled binary task."""
+
+    organ: str = Field("kidney", description="organ class of the archive (a label_<organ> column)")
+    threshold: float | Literal["auto"] = Field(
+        0.5,
+        description="a cluster is the organ's when its Algorithm-1 soft label exceeds this; "
+        "auto: the organ's share of the dev images (clusters enriched in the organ)",
+    )
+    rows: Literal["unlabeled", "unlabeled+train"] = Field(
+        "unlabeled", description="rows paired (paper 002 §3.1: the unlabeled pre-training set)"
+    )
+    vocab_size: int = Field(2000, ge=100, description="WordPiece vocabulary (paper 002 §4.1)")
+    min_frequency: int = Field(2, ge=1, description="a word piece's minimum count")
+    target: str = Field(
+        "kidney_abnormal", description="organ-task: the manifest attribute that is the target"
+    )
+    positive: str = Field("abnormal", description="organ-task: the positive class's name")
+
+    @model_validator(mode="after")
+    def _check_threshold(self) -> PairsConfig:
+        if self.threshold != "auto" and not 0 < self.threshold < 1:
+            raise ValueError("threshold must be in (0, 1) or auto")
+        return self
+
+
 class EvaluateConfig(Section):
     """`medssl evaluate`: per-class thresholds on val, metrics on test (paper 000 §3.2)."""
 
@@ -347,6 +374,7 @@ class Params(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     predict: PredictConfig = Field(default_factory=PredictConfig)

@@ -15,6 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from medssl.config import Section
 
 
+class SupervisedParams(Section):
+    """`supervised:` in params.yaml: the fine-tuning loss (paper 000 eq. 9: BCE; paper 002 §4.3:
+    the generalized cross-entropy of Zhang & Sabuncu 2018 for noisy labels)."""
+
+    loss: Literal["bce", "gce"] = Field(
+        "bce", description="bce (paper 000 eq. 9) | gce (paper 002 §4.3, noisy labels)"
+    )
+    q: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="GCE's q: → 0 gives cross-entropy, 1 gives MAE (Zhang & Sabuncu 2018 use 0.7)",
+    )
+
+
 class PicaParams(Section):
     """`pica:` in params.yaml (paper 000 §2.2.1, §3.3.1)."""
 
@@ -104,11 +119,40 @@ class LesionRecognitionParams(Section):
     images_per_group: int = Field(8, ge=1, description="K images per group (paper: 8)")
 
 
+class ConvirtParams(Section):
+    """`convirt:` in params.yaml (paper 002 §4.1-4.2; ConVIRT, Zhang et al. 2020, whose defaults
+    fill what paper 002 does not give: λ 0.75, τ 0.1, d 512). The loop's knobs are `pretrain:`'s;
+    the text encoder is a small BERT from this config (random init) or a local weights folder
+    (CamemBERT in production) whose embeddings are resized to the retrained tokenizer."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    lambda_: float = Field(
+        0.75, ge=0, le=1, alias="lambda", description="weight λ of the image→text loss (§4.2)"
+    )
+    temperature: float = Field(0.1, gt=0, description="τ of the cosine similarities (§4.2)")
+    projection_dim: int = Field(512, ge=2, description="d of the linear projections (Fig. 3)")
+    max_length: int = Field(64, ge=8, le=512, description="tokens per description")
+    text_hidden: int = Field(128, ge=8, description="BERT hidden size (config-built encoder)")
+    text_layers: int = Field(2, ge=1, description="BERT layers (config-built encoder)")
+    text_heads: int = Field(2, ge=1, description="BERT attention heads (config-built encoder)")
+    text_weights: str | None = Field(
+        None,
+        description="local folder of pre-trained text-encoder weights (CamemBERT); null: "
+        "a BERT built from the text_* keys, random init",
+    )
+    tokenizer: str | None = Field(
+        None, description="WordPiece tokenizer folder; null: the dataset's tokenizer/ (pairs)"
+    )
+
+
 SECTIONS: dict[str, type[BaseModel]] = {
+    "supervised": SupervisedParams,
     "pica": PicaParams,
     "lsd": LsdParams,
     "deepcluster": DeepClusterParams,
     "fixmatch-onehead": FixMatchParams,
     "fixmatch-twohead": TwoHeadParams,
     "lesion-recognition": LesionRecognitionParams,
+    "convirt": ConvirtParams,
 }

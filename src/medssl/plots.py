@@ -41,17 +41,20 @@ def plot_cluster_sizes(sizes: np.ndarray, epochs: Sequence[int], path: Path, tit
 
 
 def plot_embedding(
-    xy: np.ndarray,
-    colourings: dict[str, tuple[np.ndarray, list[str]]],
+    xy: np.ndarray | None,
+    colourings: dict[str, tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], np.ndarray]],
     path: Path,
     title: str,
 ) -> None:
     """A 2-D embedding (t-SNE) once per colouring: {panel title: (codes [n] with -1 = unknown,
-    names of the codes)}; unknown points are drawn light grey underneath."""
+    names of the codes[, the panel's own embedding, e.g. one per encoder])}; unknown points are
+    drawn light grey underneath."""
     plt = _pyplot()
     n = len(colourings)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.6), squeeze=False)
-    for ax, (panel, (codes, names)) in zip(axes.ravel(), colourings.items(), strict=True):
+    for ax, (panel, (codes, names, *own)) in zip(axes.ravel(), colourings.items(), strict=True):
+        xy = own[0] if own else xy
+        assert xy is not None, "an embedding for every panel"
         unknown = codes < 0
         if unknown.any():
             ax.scatter(xy[unknown, 0], xy[unknown, 1], s=3, c="#d9d9d9", label="unlabeled")

@@ -33,6 +33,8 @@ class AugmentSpec:
     contrast: float = 0.0  # factor in U(1 - c, 1 + c) around the image mean
     noise: float = 0.0  # std of additive Gaussian noise
     cutout: float = 0.0  # side of one zeroed square, as a share of the image side
+    blur: float = 0.0  # probability of a Gaussian blur with σ ~ U(blur_sigma) pixels
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # SimCLR's range (Chen et al. 2020)
 
     @property
     def geometric(self) -> bool:
@@ -167,8 +169,31 @@ def augment(
         out = out + spec.noise * noise
     if spec.cutout:
         out = out * (1 - _cutout_mask(out, spec.cutout, generator))
+    if spec.blur:
+        out = gaussian_blur(out, spec.blur, spec.blur_sigma, generator)
     out = out.clamp_(0.0, 1.0)
     return (out, theta) if return_theta else out
+
+
+def gaussian_blur(
+    x: torch.Tensor, p: float, sigma: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
+    """Blur each image of [B, C, H, W] with probability p, σ ~ U(sigma) pixels, a separable
+    Gaussian kernel of radius ⌈3·max σ⌉ (reflected borders); same memory format."""
+    n, c, h, w = x.shape
+    s = _uniform(generator, n, *sigma).to(x.device, x.dtype)
+    apply = (_uniform(generator, n, 0.0, 1.0) < p).to(x.device)
+    radius = min(math.ceil(3 * sigma[1]), h - 1, w - 1)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (t[None] / s[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n·c, 2r + 1]
+    y = F.pad(x.contiguous().reshape(1, n * c, h, w), (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=n * c).reshape(n, c, h, w)
+    out = torch.where(apply.view(n, 1, 1, 1), y, x)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def rand_augment(

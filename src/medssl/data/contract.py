@@ -124,9 +124,13 @@ def lesion_keys(table: pd.DataFrame) -> pd.Series:
     return (table["patient_id"].astype("string") + "/" + lesion).where(lesion.notna())
 
 
+TEXT_COLUMN = "text"  # an image-text dataset's description of each image (paper 002 §3.4)
+
+
 def manifest_dtypes(info: DatasetInfo) -> dict[str, str]:
     """The contract's dtype for every required manifest column of this dataset."""
-    return {**MANIFEST_ID_COLUMNS, **{c: LABEL_DTYPE for c in info.label_columns()}}
+    text = {TEXT_COLUMN: "string"} if info.task == "image-text" else {}
+    return {**MANIFEST_ID_COLUMNS, **{c: LABEL_DTYPE for c in info.label_columns()}, **text}
 
 
 def image_dir(root: Path, info: DatasetInfo) -> Path:

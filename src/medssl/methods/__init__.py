@@ -7,6 +7,7 @@ from __future__ import annotations
 from medssl.engine.method import Method, StepOutput
 from medssl.errors import ConfigError
 from medssl.methods.base import EncoderMethod, MultilabelMethod
+from medssl.methods.convirt import Convirt
 from medssl.methods.deepcluster import DeepCluster
 from medssl.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
 from medssl.methods.lesion import LesionRecognition
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     FixMatchOneHead.name: FixMatchOneHead,
     FixMatchTwoHead.name: FixMatchTwoHead,
     LesionRecognition.name: LesionRecognition,
+    Convirt.name: Convirt,
 }
 
 
@@ -45,6 +47,7 @@ def _a(noun: str) -> str:
 
 __all__ = [
     "METHODS",
+    "Convirt",
     "DeepCluster",
     "EncoderMethod",
     "FixMatchOneHead",

@@ -69,7 +69,7 @@ class DatasetMethod(Method):
     hyperparameters, dataset, image cache, targets (NaN where unlabeled), exam ids and the labeled
     val and test rows. Subclasses choose `train_rows`."""
 
-    task = "multilabel"
+    tasks: tuple[str, ...] = ("multilabel",)  # the dataset tasks (dataset.yaml) it trains on
     stage = "train"  # the params.yaml section naming the method, for messages
 
     def __init__(
@@ -81,11 +81,12 @@ class DatasetMethod(Method):
     ) -> None:
         self.resolve_hparams(hparams)
         info = dataset.info
-        if info.task != self.task:
+        if info.task not in self.tasks:
             raise ConfigError(
-                f"{self.stage}.method {self.name!r} needs a {self.task} dataset; "
+                f"{self.stage}.method {self.name!r} needs a {' or '.join(self.tasks)} dataset; "
                 f"{dataset.root} is {info.task}"
             )
+        self.task = info.task
         if len(cache) != len(dataset.manifest):
             raise ValueError("image cache and manifest disagree on the number of rows")
         self.cfg, self.dataset, self.cache = cfg, dataset, cache

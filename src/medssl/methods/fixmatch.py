@@ -113,6 +113,7 @@ class FixMatchOneHead(Supervised):
     stream and batch, plus the unlabeled stream and its two views."""
 
     name = "fixmatch-onehead"
+    tasks = ("multilabel",)
     Hyperparameters = FixMatchParams
     hparams: FixMatchParams
 

@@ -83,7 +83,7 @@ class LesionRecognition(MultilabelMethod):
     cross-entropy), and α·L_con on f_θ's features (eq. 4)."""
 
     name = "lesion-recognition"
-    task = "binary"
+    tasks = ("binary",)
     monitor = None
     needs_val = False
     Hyperparameters = LesionRecognitionParams

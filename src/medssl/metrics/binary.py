@@ -1,5 +1,6 @@
-"""Binary (benign/malignant) metrics of paper 004 §3 (Tables 1-2): AUC, accuracy, sensitivity,
-precision, specificity, F1, and the inner-lesion misclassification rate MCR."""
+"""Binary metrics: paper 004 §3 (Tables 1-2: AUC, accuracy, sensitivity, precision, specificity,
+F1, the inner-lesion misclassification rate MCR) and paper 002 Table 1 (both classes' precision —
+the negative's is the NPV —, recall and F1, their macro and support-weighted averages)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def binary_report(
 ) -> dict[str, float]:
     """Paper 004 Table 1's columns for one test set: auc (from `scores`), and at the decisions
     `y_pred`: accuracy, sensitivity (recall of the positive class), precision, specificity, f1,
-    and mcr / mcr_lesions when `lesions` (one id per image) is given. NaN where undefined."""
+    and mcr / mcr_lesions when `lesions` (one id per image) is given; paper 002 Table 1's
+    negative-class row (npv, specificity, f1_negative) and the macro averages (precision_macro,
+    balanced_accuracy = recall_macro, f1_macro). NaN where undefined."""
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(y_pred).astype(bool)
     tp, tn = int((y & p).sum()), int((~y & ~p).sum())
@@ -50,7 +53,40 @@ def binary_report(
         "precision": ratio(tp, tp + fp),
         "specificity": ratio(tn, tn + fp),
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "npv": ratio(tn, tn + fn),
+        "f1_negative": ratio(2 * tn, 2 * tn + fn + fp),
     }
+    for key, pos, neg in (
+        ("precision_macro", "precision", "npv"),
+        ("balanced_accuracy", "sensitivity", "specificity"),
+        ("f1_macro", "f1", "f1_negative"),
+    ):
+        out[key] = (out[pos] + out[neg]) / 2
     if lesions is not None:
         out["mcr"], out["mcr_lesions"] = mcr(y, p, lesions)
     return out
+
+
+def accuracy_from_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n: np.ndarray
+) -> np.ndarray:
+    """Accuracy of a one-class (binary) confusion count [..., 1] (a bootstrap statistic)."""
+    return ((n - fp - fn) / np.maximum(n, 1))[..., 0]
+
+
+def balanced_accuracy_from_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n: np.ndarray
+) -> np.ndarray:
+    """(sensitivity + specificity) / 2 = macro-averaged recall, from one-class counts."""
+    tn = n - tp - fp - fn
+    return ((tp / np.maximum(tp + fn, 1) + tn / np.maximum(tn + fp, 1)) / 2)[..., 0]
+
+
+def macro_f1_from_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n: np.ndarray
+) -> np.ndarray:
+    """(F1 of the positive + F1 of the negative class) / 2, from one-class counts."""
+    tn = n - tp - fp - fn
+    pos = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    neg = 2 * tn / np.maximum(2 * tn + fp + fn, 1)
+    return ((pos + neg) / 2)[..., 0]

@@ -12,12 +12,17 @@ product. 1000 resamples of ~100 exams cost a few milliseconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 # Resamples per matrix product: bounds memory at CHUNK x n_groups multiplicities.
 CHUNK = 256
+
+
+# a statistic of summed confusion counts: (tp, fp, fn, rows), each [..., classes] → [...]
+Statistic = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -112,22 +117,27 @@ def bootstrap_paired_difference(
     n_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    statistic: Statistic | None = None,
 ) -> BootstrapCI:
-    """CI of mean_i F1(preds_a[i]) - mean_j F1(preds_b[j]) (support-weighted F1; e.g. several
-    seeds of two methods) over the same test rows, resampling exams once for both sides, so the
-    exam-to-exam variation both sides share cancels (a paired comparison). `preds_b` empty: the
-    CI of mean_i F1(preds_a[i]) itself (several seeds of one method)."""
+    """CI of mean_i S(preds_a[i]) - mean_j S(preds_b[j]) (e.g. several seeds of two methods) over
+    the same test rows, resampling exams once for both sides, so the exam-to-exam variation both
+    sides share cancels (a paired comparison). S: `statistic(tp, fp, fn, n)` of the summed counts
+    (per class; n the rows), default the support-weighted F1. `preds_b` empty: the CI of
+    mean_i S(preds_a[i]) itself (several seeds of one method)."""
     if not preds_a:
         raise ValueError("side a needs at least one prediction set")
+    stat = statistic or (lambda tp, fp, fn, n: weighted_f1_from_counts(tp, fp, fn))
+    everything = np.ones(np.shape(y_true), dtype=bool)
+    rows = group_confusion(everything, everything, groups)[0]  # rows per group (and class)
     sides = []
     for preds in (preds_a, preds_b):
-        sides.append([group_confusion(y_true, p, groups)[:3] for p in preds])
-    n_groups = sides[0][0][0].shape[0]
+        sides.append([(*group_confusion(y_true, p, groups)[:3], rows) for p in preds])
+    n_groups = rows.shape[0]
 
     def mean_f1(weights: np.ndarray, side: list[tuple[np.ndarray, ...]]) -> np.ndarray:
         if not side:
             return np.zeros(len(weights))
-        return np.mean([weighted_f1_from_counts(*(weights @ c for c in cm)) for cm in side], 0)
+        return np.mean([stat(*(weights @ c for c in cm)) for cm in side], 0)
 
     ones = np.ones((1, n_groups))
     estimate = float((mean_f1(ones, sides[0]) - mean_f1(ones, sides[1]))[0])

@@ -412,13 +412,43 @@ def _summary_lines(result: EvaluateResult) -> list[str]:
     return lines
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
+def two_class_rows(
+    m: dict[str, Any], positive: str
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Paper 002 Table 1's layout of a binary test set: the negative and the positive class's
+    precision (the negative's is the NPV), recall (specificity, sensitivity), F1 and support;
+    accuracy; macro and support-weighted averages."""
+    n_pos = int(m["per_class"][positive]["support"])
+    n = int(m["test_images"])
+    n_neg = n - n_pos
+
+    def f(key: str) -> str:
+        v = m.get(f"test_{key}")
+        return "n/a" if v is None else f"{v:.2f}"
+
+    def weighted(neg: str, pos: str) -> str:
+        a, b = m.get(f"test_{neg}"), m.get(f"test_{pos}")
+        return "n/a" if a is None or b is None or not n else f"{(n_neg * a + n_pos * b) / n:.2f}"
+
+    rows = [
+        (f"no {positive}", [f("npv"), f("specificity"), f("f1_negative"), str(n_neg)]),
+        (positive, [f("precision"), f("sensitivity"), f("f1"), str(n_pos)]),
+        ("accuracy", ["", "", f("accuracy"), str(n)]),
+        ("macro avg", [f("precision_macro"), f("balanced_accuracy"), f("f1_macro"), str(n)]),
+        (
+            "weighted avg",
+            [
+                weighted("npv", "precision"),
+                weighted("specificity", "sensitivity"),
+                weighted("f1_negative", "f1"),
+                str(n),
+            ],
+        ),
+    ]
+    return ["Precision", "Recall", "F1-score", "support"], rows
 
 
-def format_table(result: EvaluateResult) -> str:
-    """The per-class table in the layout of paper 000 Table 2, then the CI and baseline."""
-    header, rows = _rows(result)
+def _aligned(header: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
     first = max(len(name) for name, _ in rows)
     widths = [max(len(h), 5) for h in header]
     lines = [" " * first + "".join(f"  {h:>{w}}" for h, w in zip(header, widths, strict=True))]
@@ -426,6 +456,20 @@ def format_table(result: EvaluateResult) -> str:
         lines.append(
             f"{name:<{first}}" + "".join(f"  {v:>{w}}" for v, w in zip(cells, widths, strict=True))
         )
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def format_table(result: EvaluateResult) -> str:
+    """The per-class table in the layout of paper 000 Table 2, then the CI and baseline; a binary
+    model adds both classes' rows in the layout of paper 002 Table 1."""
+    lines = _aligned(*_rows(result))
+    m = result.metrics
+    if "test_npv" in m:
+        lines += ["", *_aligned(*two_class_rows(m, next(iter(m["per_class"]))))]
     return "\n".join([*lines, "", *_summary_lines(result)])
 
 
@@ -443,6 +487,11 @@ def format_markdown(result: EvaluateResult) -> str:
         "|---|" + "---:|" * len(header),
     ]
     md += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    m = result.metrics
+    if "test_npv" in m:  # paper 002 Table 1: both classes
+        header2, rows2 = two_class_rows(m, next(iter(per)))
+        md += ["", "| | " + " | ".join(header2) + " |", "|---|" + "---:|" * len(header2)]
+        md += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows2]
     thr = ["never" if per[c]["threshold"] is None else f"{per[c]['threshold']:.3g}" for c in per]
     md += [
         "",

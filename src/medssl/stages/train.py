@@ -79,6 +79,7 @@ class TrainResult:
     cv_fold: int = 0
     resumed_from_step: int | None = None
     model_sha256: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # the method's section
     paths: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -150,6 +151,9 @@ def train(
             cv_fold=cfg.cv_fold,
             resumed_from_step=fit.resumed_from_step,
             model_sha256=sha256_file(tmp / MODEL_FILE),
+            hyperparameters=(
+                method.hparams.model_dump(mode="json", by_alias=True) if method.hparams else {}
+            ),
         )
         (tmp / SUMMARY_FILE).write_text(json.dumps(result.summary(), indent=2) + "\n")
     result.paths = {

@@ -43,6 +43,7 @@ from medssl.data.contract import (
     MANIFEST_ID_COLUMNS,
     REPORT_COLUMNS,
     SPLITS,
+    TEXT_COLUMN,
     DatasetInfo,
     manifest_dtypes,
 )
@@ -282,6 +283,15 @@ def build_checks(
         value_set=[True],
     )
 
+    if info.task == "image-text":  # paper 002 §3.4: every image has its description
+        add("manifest", "text is set", gxe.ExpectColumnValuesToNotBeNull, column=TEXT_COLUMN)
+        add(
+            "manifest",
+            "text is not empty",
+            gxe.ExpectColumnValueLengthsToBeBetween,
+            column=TEXT_COLUMN,
+            min_value=1,
+        )
     labels = info.label_columns()
     for c in labels:
         add("labeled", f"{c} is set on labeled rows", gxe.ExpectColumnValuesToNotBeNull, column=c)
