@@ -3,16 +3,18 @@ project image (`components.image.IMAGE`), with typed artifacts between steps.
 
 A body imports `medssl` inside (KFP ships only the function's source to the container) and calls
 a stage function from `medssl.stages` plus the small helpers of `medssl.orchestration`.
-Four pipelines use them: training (pipelines/training.py), the sweep (pipelines/sweep.py: `tune`
+Five pipelines use them: training (pipelines/training.py), the sweep (pipelines/sweep.py: `tune`
 on the Ray cluster, then training with the best configuration), batch inference
 (pipelines/batch_inference.py) and the label-fraction study (pipelines/label_fractions.py:
-pretrain, then `study`).
+pretrain, then `study`) and paper 002's image-text chain (pipelines/image_text.py: pretrain
+→ pairs → ConVIRT → organ task → train (GCE) → evaluate → register).
 """
 
-from components.config import resolve_config
+from components.config import override_params, resolve_config
 from components.data import data
 from components.evaluate import evaluate
 from components.image import DEFAULT_IMAGE, IMAGE
+from components.pairs import organ_task, pairs
 from components.predict import predict
 from components.pretrain import pretrain
 from components.register import register
@@ -29,6 +31,9 @@ __all__ = [
     "data",
     "evaluate",
     "finish_run",
+    "organ_task",
+    "override_params",
+    "pairs",
     "predict",
     "pretrain",
     "register",

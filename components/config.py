@@ -43,3 +43,13 @@ def resolve_config(
         step_config(cfg, "validate"),
         step_config(cfg, "split"),
     )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def override_params(params: dict, overrides: list) -> dict:
+    """The resolved params with `section.key=value` overrides (the -S syntax), validated: one
+    pipeline's steps that run different methods (pretrain lsd, then convirt) share one config."""
+    from medssl.config import build_params
+    from medssl.orchestration import params_argument
+
+    return params_argument(build_params(dict(params), [str(o) for o in overrides]))

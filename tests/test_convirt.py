@@ -154,7 +154,10 @@ def truth_clusters(tiny_split, tiny_params, tmp_path_factory) -> Path:
     clusters = {
         "k": 2,
         "classes": list(CLASSES),
-        "clusters": [{"cluster": k, "images": 1, "soft_label": soft[k]} for k in (0, 1)],
+        "clusters": [
+            {"cluster": k, "images": 1, "dev_images": (30, 10)[k], "soft_label": soft[k]}
+            for k in (0, 1)
+        ],
     }
     (folder / "clusters.json").write_text(json.dumps(clusters))
     return folder
@@ -275,3 +278,29 @@ def test_convirt_pretrains_and_gce_fine_tunes_from_its_encoder(pairs, tiny_split
     assert {"test_npv", "test_specificity", "test_f1_macro", "test_balanced_accuracy"} <= set(
         metrics
     )
+
+
+def test_pairs_and_organ_task_component_bodies(tiny_split, truth_clusters, tmp_path, monkeypatch):
+    """The KFP components (pipelines/image_text.py) call the same stage functions."""
+    from kfp.dsl import Dataset as Artifact
+    from kfp.dsl import Model
+
+    from medssl.config import load_params
+    from medssl.orchestration import params_argument
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import components as c
+
+    params = params_argument(load_params(Path("/nonexistent"), ["pairs.threshold=auto"]))
+    splits = Artifact(name="splits", uri=str(tiny_split))
+    images = Artifact(name="dataset", uri=str(tiny_split))
+    encoder = Model(name="encoder", uri=str(truth_clusters))
+    image_text = Artifact(name="image_text", uri=str(tmp_path / "pairs"))
+    c.pairs.python_func(
+        splits=splits, images=images, encoder=encoder, params=params, image_text=image_text
+    )
+    assert image_text.metadata["pairs"] == len(Dataset.open(image_text.path).manifest) > 0
+    assert image_text.metadata["clusters"] == [1]  # auto: above the base rate
+    task = Artifact(name="task", uri=str(tmp_path / "task"))
+    c.organ_task.python_func(splits=splits, images=images, params=params, task=task)
+    assert Dataset.open(task.path).info.task == "binary" and task.metadata["images_train"] > 0

@@ -240,6 +240,47 @@ def test_label_fractions_spec_pretrains_then_runs_the_study():
     }  # fmt: skip
 
 
+def test_image_text_spec_chains_clusters_pairs_convirt_and_the_kidney_task():
+    """Paper 002: pretrain (clusters) → pairs → pretrain-2 (ConVIRT, its own config) and split →
+    organ-task → train (from the ConVIRT encoder, the kidney config) → evaluate → register."""
+    pipeline, k8s = spec_docs(ROOT / "pipelines" / "compiled" / "image_text.yaml")
+    assert pipeline["pipelineInfo"]["name"] == "medssl-image-text"
+    all_tasks = tasks(pipeline)
+
+    def source(task: str, artifact: str) -> str:
+        return all_tasks[task]["inputs"]["artifacts"][artifact]["taskOutputArtifact"][
+            "producerTask"
+        ]
+
+    def params(task: str) -> str:
+        return all_tasks[task]["inputs"]["parameters"]["params"]["taskOutputParameter"][
+            "producerTask"
+        ]
+
+    assert source("pairs", "encoder") == "pretrain" and source("pairs", "splits") == "split"
+    assert source("pretrain-2", "splits") == "pairs" and params("pretrain-2") == "override-params"
+    assert params("pretrain") == "resolve-config" and source("organ-task", "splits") == "split"
+    assert source("train", "splits") == "organ-task" and source("train", "encoder") == "pretrain-2"
+    assert params("train") == params("register") == "override-params-2"
+    assert source("register", "model") == "train" and source("evaluate", "model") == "train"
+    root = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert root["convirt_overrides"]["defaultValue"] == ["pretrain.method=convirt"]
+    assert "supervised.loss=gce" in root["kidney_overrides"]["defaultValue"]
+    # the three training steps, and only they, run on the GPU pool
+    executors = k8s["deploymentSpec"]["executors"]
+    gpu = {name for name, executor in executors.items() if "nodeSelector" in executor}
+    assert gpu == {"exec-pretrain", "exec-pretrain-2", "exec-train"}
+
+
+def test_override_params_component_body():
+    c = _components()
+    base = params_argument(load_params(Path("/nonexistent")))
+    out = c.override_params.python_func(params=base, overrides=["pretrain.method=convirt"])
+    assert out["pretrain"]["method"] == "convirt" and out["train"] == base["train"]
+    with pytest.raises(ConfigError, match=r"convirt\.lamda"):
+        c.override_params.python_func(params=base, overrides=["convirt.lamda=2"])
+
+
 @pytest.mark.parametrize("module", [p.stem for p in all_pipeline_files(ROOT)])
 def test_every_spec_takes_credentials_from_the_secret_only(module):
     """Every step of every spec gets the credentials secret as env vars (the MinIO endpoints

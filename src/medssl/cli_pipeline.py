@@ -58,8 +58,8 @@ PipelineNameOption = Annotated[
     str,
     typer.Option(
         "--pipeline",
-        help="Which pipeline of pipelines/: training (default), batch_inference, sweep or "
-        "label_fractions.",
+        help="Which pipeline of pipelines/: training (default), batch_inference, sweep, "
+        "label_fractions or image_text.",
     ),
 ]
 PipelineFileOption = Annotated[
@@ -287,8 +287,8 @@ def compile_cmd(
     ] = None,
     pipeline_file: PipelineFileOption = None,
 ) -> None:
-    """Compile the pipelines (training, batch_inference, sweep, label_fractions) to KFP YAML in
-    pipelines/compiled/ (deterministic: commit the result)."""
+    """Compile the pipelines (training, batch_inference, sweep, label_fractions, image_text) to
+    KFP YAML in pipelines/compiled/ (deterministic: commit the result)."""
     if pipeline is None and pipeline_file is None and out is None:
         files = all_pipeline_files()
     else:

@@ -81,14 +81,16 @@ def _counts(table: pd.DataFrame) -> dict[str, int]:
 
 def organ_threshold(clusters_json: dict[str, Any], organ: str, threshold: float | str) -> float:
     """The soft-label share above which a cluster is the organ's: `threshold`, or for "auto" the
-    organ's share of the dev images Algorithm 1 labelled the clusters with (its base rate)."""
+    organ's share of the dev images Algorithm 1 labelled the clusters with (its base rate; a
+    cluster at the base rate counts, so a collapsed clustering pairs every image)."""
     if threshold != "auto":
         return float(threshold)
     labelled = [c for c in clusters_json["clusters"] if c.get("soft_label")]
     dev = sum(int(c.get("dev_images", 0)) for c in labelled)
     if not dev:
         raise DataContractError(f"{CLUSTERS_FILE}: no dev images, pairs.threshold=auto needs them")
-    return sum(c["soft_label"][organ] * int(c.get("dev_images", 0)) for c in labelled) / dev
+    base = sum(c["soft_label"][organ] * int(c.get("dev_images", 0)) for c in labelled) / dev
+    return base - 1e-9
 
 
 def organ_clusters(clusters_json: dict[str, Any], organ: str, threshold: float) -> list[int]:
