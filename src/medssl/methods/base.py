@@ -217,6 +217,7 @@ class EncoderMethod(DatasetMethod):
     product = "encoder"
     monitor = None
     stage = "pretrain"
+    output_name = "cluster"  # encoder.pt's head outputs are <output_name>_<k>
     cfg: PretrainConfig
 
     def __init__(
@@ -262,7 +263,7 @@ class EncoderMethod(DatasetMethod):
         meta = self.model_meta(
             "random",
             product=self.product,
-            classes=[f"cluster_{k}" for k in range(model.num_classes)],
+            classes=[f"{self.output_name}_{k}" for k in range(model.num_classes)],
             task="encoder",
         )
         return model, meta

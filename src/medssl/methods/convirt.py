@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,6 +67,7 @@ class Convirt(EncoderMethod):
     tasks = ("image-text",)
     Hyperparameters = ConvirtParams
     hparams: ConvirtParams
+    output_name = "dim"  # encoder.pt's head is the image projection
 
     def __init__(
         self,
@@ -152,14 +152,3 @@ class Convirt(EncoderMethod):
         text = model.extra_heads["text"](batch["ids"], batch["mask"])  # type: ignore[index,operator]
         loss, i2t, t2i = convirt_loss(image, text, hp.lambda_, hp.temperature)
         return StepOutput(loss, {"loss_i2t": i2t.detach(), "loss_t2i": t2i.detach()})
-
-    def export(self, model: nn.Module) -> tuple[Classifier, dict[str, Any]]:
-        """The image side (backbone + projection as the head) and its meta."""
-        assert isinstance(model, Classifier)
-        meta = self.model_meta(
-            "random",
-            product=self.product,
-            classes=[f"dim_{k}" for k in range(model.num_classes)],
-            task="encoder",
-        )
-        return model, meta

@@ -70,9 +70,13 @@ class PairsResult:
         )
 
 
-def _relative_root(source: Dataset, out_dir: Path) -> str:
-    """image_root of a derived dataset at out_dir that reuses the source's images."""
-    return os.path.relpath(source.image_dir.resolve(), out_dir.parent.resolve() / out_dir.name)
+def _derived_info(source: Dataset, out_dir: Path, **fields: Any) -> DatasetInfo:
+    """dataset.yaml of a dataset derived from `source` at out_dir: the source's imaging fields,
+    its images reused through image_root (a relative path: the staging folder is a sibling)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    root = os.path.relpath(source.image_dir.resolve(), out_dir.parent.resolve() / out_dir.name)
+    keep = ("modality", "image_size", "channels", "bit_depth", "version")
+    return DatasetInfo(**{k: getattr(source.info, k) for k in keep}, image_root=root, **fields)
 
 
 def _counts(table: pd.DataFrame) -> dict[str, int]:
@@ -192,23 +196,18 @@ def make_pairs(
     # drop the source's labels: the pairs are for pre-training (labels are never read)
     keep = [c for c in paired.columns if not c.startswith("label_") and c != "split"]
     manifest = paired[keep].assign(split="unlabeled").reset_index(drop=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    info = DatasetInfo(
+    info = _derived_info(
+        ds,
+        out_dir,
         name=f"{ds.info.name}-{cfg.organ}-pairs",
         task="image-text",
         classes=[],
-        modality=ds.info.modality,
-        image_size=ds.info.image_size,
-        channels=ds.info.channels,
-        bit_depth=ds.info.bit_depth,
-        version=ds.info.version,
         description=(
             f"Paper 002 §3: {cfg.organ} images of {ds.info.name} (deep clusters "
             f"{chosen} of {Path(pretrain_dir).name}, threshold {threshold:.3g}) paired with "
             f"their exam's {cfg.organ} sentences."
         ),
         attributes=[TEXT_COLUMN, "cluster", SCORE_COLUMN],
-        image_root=_relative_root(ds, out_dir),
     )
     result = PairsResult(out_dir=out_dir, organ=cfg.organ, clusters=chosen, flow=flow)
     with staged_dir(out_dir) as tmp:
@@ -304,22 +303,17 @@ def organ_task(dataset_dir: Path, out_dir: Path, cfg: PairsConfig) -> OrganTaskR
         for s, g in rows.groupby("split", sort=False, observed=True)
     }
     counts = {s: counts[s] for s in LABELED_SPLITS if s in counts}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    info = DatasetInfo(
+    info = _derived_info(
+        ds,
+        out_dir,
         name=f"{ds.info.name}-{cfg.organ}-{cfg.positive}",
         task="binary",
         classes=[cfg.positive],
-        modality=ds.info.modality,
-        image_size=ds.info.image_size,
-        channels=ds.info.channels,
-        bit_depth=ds.info.bit_depth,
-        version=ds.info.version,
         description=(
             f"Paper 002 §4.3: the labeled {cfg.organ} images of {ds.info.name}, "
             f"target {cfg.target} ({cfg.positive} vs not)."
         ),
         attributes=[a for a in ds.info.attributes if a in rows.columns],
-        image_root=_relative_root(ds, out_dir),
     )
     reports = None
     if ds.reports is not None:
