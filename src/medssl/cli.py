@@ -177,8 +177,11 @@ def data_pairs(
     out: Annotated[Path, typer.Option("--out", "-o", help="Image-text dataset folder to write.")],
     organ: Annotated[str | None, typer.Option(help="Organ class (default: pairs.organ).")] = None,
     threshold: Annotated[
-        float | None,
-        typer.Option(help="Soft-label share that makes a cluster the organ's (pairs.threshold)."),
+        str | None,
+        typer.Option(
+            help="Soft-label share above which a cluster is the organ's, or auto: the organ's "
+            "share of the dev images (default: pairs.threshold)."
+        ),
     ] = None,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,

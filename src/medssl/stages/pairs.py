@@ -292,10 +292,6 @@ def organ_task(dataset_dir: Path, out_dir: Path, cfg: PairsConfig) -> OrganTaskR
             raise DataContractError(f"{dataset_dir}: no {column} column")
     keep = m["split"].isin(LABELED_SPLITS) & (m[label] == 1).fillna(False) & m[cfg.target].notna()
     rows = m[keep.to_numpy(dtype=bool)].copy()
-    if rows.empty or not (rows["split"] == "train").any():
-        raise DataContractError(
-            f"{dataset_dir}: no labeled train image shows {cfg.organ} with a {cfg.target} value"
-        )
     rows["target"] = rows[cfg.target].astype("Int8")
     rows = rows[[c for c in rows.columns if not c.startswith("label_")]].reset_index(drop=True)
     counts = {
@@ -303,6 +299,12 @@ def organ_task(dataset_dir: Path, out_dir: Path, cfg: PairsConfig) -> OrganTaskR
         for s, g in rows.groupby("split", sort=False, observed=True)
     }
     counts = {s: counts[s] for s in LABELED_SPLITS if s in counts}
+    train = counts.get("train", {"images": 0, "positive": 0})
+    if train["positive"] in (0, train["images"]):
+        raise DataContractError(
+            f"{dataset_dir}: the labeled train {cfg.organ} images ({train['images']}) are all one "
+            f"class of {cfg.target}; label more exams (split.fractions) for a binary task"
+        )
     info = _derived_info(
         ds,
         out_dir,
