@@ -29,6 +29,9 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "== the same training from random initialisation (baseline) =="
 	@cat reports/evaluate-scratch/table.txt
 	@echo
+	@echo "== paper 002: normal/abnormal kidney, fine-tuned (GCE) from the ConVIRT encoder (Table 1 layout; ~20 test images: plumbing, not a result) =="
+	@cat reports/evaluate-kidney/table.txt
+	@echo
 	@echo "== registry =="
 	@medssl models list
 	@echo
@@ -39,6 +42,8 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  models/pretrain/            encoder.pt, clusters.json, assignments.parquet, tsne.png, cluster_sizes.png"
 	@echo "  models/supervised/          model.pt (fine-tuned from encoder.pt), history.csv, predictions.parquet"
 	@echo "  models/scratch/             the from-scratch baseline (reports/evaluate-scratch/)"
+	@echo "  data/kidney-pairs/          paper 002 image-text pairs (flow.png, mentions.parquet, tokenizer/)"
+	@echo "  models/convirt/, models/kidney/  ConVIRT encoder; kidney model (reports/evaluate-kidney/, registered: kidney-abnormal)"
 	@echo "  reports/evaluate/           metrics.json, report.md, pr_curves.png (dvc metrics show / dvc plots show)"
 	@echo "  mlflow.db                   runs and registered models: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "Use the champion:"

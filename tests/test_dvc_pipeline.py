@@ -40,6 +40,8 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["size"] = "tiny"
+    # enough labeled exams that the kidney task (paper 002 stages) has both classes in train
+    params["split"]["fractions"] = {"unlabeled": 0.4, "train": 0.3, "val": 0.1, "test": 0.2}
     # the smallest budgets that still write every output DVC expects: one step of each training,
     # and a t-SNE of 10 images (tsne.png is an output of pretrain, so tsne_points must stay > 0;
     # t-SNE of 50 images cost up to 30 s of the pretrain stage on 2 busy cores)
@@ -69,7 +71,8 @@ def versions(project: Path) -> dict[str, dict[str, str]]:
 def test_repro_then_nothing_then_queued_experiment(project: Path):
     out = run(["dvc", "repro"], project)
     stages = ("synth", "validate", "split", "pretrain", "train", "evaluate", "train-scratch",
-              "evaluate-scratch", "register")  # fmt: skip
+              "evaluate-scratch", "register", "pairs", "organ-task", "convirt", "train-kidney",
+              "evaluate-kidney", "register-kidney")  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in out
     # train starts from the pretrain stage's encoder, the baseline from random weights
@@ -93,6 +96,13 @@ def test_repro_then_nothing_then_queued_experiment(project: Path):
     assert first["version"] == "1" and first["gate_decision"] == "promoted"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["synth"]["params"]["params.yaml"]["data"]["size"] == "tiny"
+    # paper 002: ConVIRT on the kidney pairs, the kidney model fine-tuned from it with GCE
+    kidney = json.loads((project / "models/kidney/train.json").read_text())
+    assert kidney["init"] == "checkpoint" and kidney["hyperparameters"]["loss"] == "gce"
+    assert "macro avg" in (project / "reports/evaluate-kidney/table.txt").read_text()
+    assert json.loads((project / "reports/register-kidney.json").read_text())["name"] == (
+        "kidney-abnormal"
+    )
 
     again = run(["dvc", "repro"], project)
     assert "Running stage" not in again
@@ -106,12 +116,13 @@ def test_repro_then_nothing_then_queued_experiment(project: Path):
     assert any(p.startswith("reports/evaluate/pr/") and p.endswith(".csv") for p in tracked)
     assert not any(p.endswith((".pt", ".parquet")) for p in tracked)  # DVC's cache holds those
 
-    # a training hyperparameter invalidates the two trainings only, never the data stages nor
+    # a training hyperparameter invalidates the three trainings only, never the data stages nor
     # pretrain (checked without running: the queued experiment below changes a cheaper one)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["lr"] = 0.001
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    assert set(json.loads(run(["dvc", "status", "--json"], project))) == {"train", "train-scratch"}
+    changed = set(json.loads(run(["dvc", "status", "--json"], project)))
+    assert changed == {"train", "train-scratch", "train-kidney"}
     run(["git", "checkout", "params.yaml"], project)
 
     # a queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps): its MLflow
