@@ -13,6 +13,8 @@ organ-task`, `medssl pretrain`, `medssl train` and `medssl evaluate` call):
    their kidney precision is measured against the generator's truth; and "oracle" pairs, made by
    the same function from a copy of the dataset whose unlabeled rows show their true organ
    labels (what pairs would be with clusters as good as the paper's: a bound, not a method);
+   and "shuffled" pairs: the cluster pairs with the descriptions permuted across exams (an exam's
+   images still share one text, which no longer says anything about them: a control);
 3. ConVIRT on each set of pairs (one run per seed);
 4. the labeled kidney images as a binary task (`organ_task`, target kidney_abnormal);
 5. frozen features of each encoder: a linear probe (logistic regression, train → test) and t-SNE
@@ -55,7 +57,7 @@ from medssl.stages.synth import synth
 from medssl.stages.train import train
 
 STUDY_FRACTIONS = {"unlabeled": 0.55, "train": 0.15, "val": 0.10, "test": 0.20}
-INITS = ("random", "lsd", "convirt", "convirt-oracle")
+INITS = ("random", "lsd", "convirt", "convirt-oracle", "convirt-shuffled")
 # paper 002 Table 1 (test, 603 images of 131 exams): ImageNet baseline vs ConVIRT
 PAPER = {
     "baseline": {
@@ -128,6 +130,21 @@ def oracle_dataset(splits: Path, plan, out: Path) -> Path:
     image_root = str(ds.image_dir.resolve())
     info = ds.info.model_copy(update={"image_root": image_root})
     Dataset(out, info, m, ds.reports).save()
+    return out
+
+
+def shuffled_pairs(pairs_dir: Path, out: Path) -> Path:
+    """The pairs with whole exams' descriptions permuted across exams (seed 0): a control."""
+    import shutil
+
+    ds = Dataset.open(pairs_dir)
+    m = ds.manifest.copy()
+    texts = m.groupby("exam_id", sort=True)["text"].first()
+    permuted = pd.Series(np.random.default_rng(0).permutation(texts.to_numpy()), texts.index)
+    m["text"] = m["exam_id"].map(permuted).astype("string")
+    info = ds.info.model_copy(update={"image_root": str(ds.image_dir.resolve())})
+    Dataset(out, info, m, ds.reports).save()
+    shutil.copytree(pairs_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     return out
 
 
@@ -254,6 +271,10 @@ def main() -> None:
     )
     log(f"oracle pairs: {oracle_flow}")
 
+    shuffled_dir = work / "pairs-shuffled"
+    if not (shuffled_dir / "manifest.parquet").is_file():
+        shuffled_pairs(pairs_dir, shuffled_dir)
+
     kidney = work / "kidney"
     if not (kidney / "counts.json").is_file():
         organ_task(splits, kidney, pairs_cfg)
@@ -261,7 +282,12 @@ def main() -> None:
 
     encoders: dict[str, dict[int, Path | None]] = {name: {} for name in INITS}
     for seed in args.seeds:
-        for name, source in (("convirt", pairs_dir), ("convirt-oracle", oracle_dir)):
+        sources = (
+            ("convirt", pairs_dir),
+            ("convirt-oracle", oracle_dir),
+            ("convirt-shuffled", shuffled_dir),
+        )
+        for name, source in sources:
             run = work / f"{name}-s{seed}"
             if not (run / "encoder.pt").is_file():
                 log(f"{name} seed {seed} ({args.convirt_steps} steps)")
@@ -310,7 +336,8 @@ def main() -> None:
     assert y is not None and exams is not None
     comparisons = {}
     pairs_ = (("convirt", "random"), ("convirt", "lsd"), ("lsd", "random"),
-              ("convirt-oracle", "random"), ("convirt-oracle", "convirt"))  # fmt: skip
+              ("convirt-oracle", "random"), ("convirt-oracle", "convirt"),
+              ("convirt-shuffled", "random"), ("convirt", "convirt-shuffled"))  # fmt: skip
     for a, b in pairs_:
         for stat, fn in STATISTICS.items():
             ci = bootstrap_paired_difference(y, decisions[a], decisions[b], exams, statistic=fn)
@@ -374,8 +401,8 @@ def markdown(r: dict) -> str:
     mean, std, paper = r["finetune_mean"], r["finetune_std"], r["paper"]
     lines = [
         "| test | random init | LSD init | ConVIRT init | ConVIRT, oracle pairs "
-        "| paper: ImageNet | paper: ConVIRT |",
-        "|---|---|---|---|---|---|---|",
+        "| ConVIRT, shuffled texts | paper: ImageNet | paper: ConVIRT |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, key in rows:
         k = f"test_{key}"
