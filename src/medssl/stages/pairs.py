@@ -252,7 +252,8 @@ def plot_flow(flow: dict[str, dict[str, int]], organ: str, path: Path) -> None:
     ax.set_ylim(0, 6)
     ax.axis("off")
     kept = {"boxstyle": "round,pad=0.5", "fc": "#e8f4ea", "ec": "#2e7d32"}
-    side = {"boxstyle": "round,pad=0.5", "fc": "#fbeeee", "ec": "#9a1f1f"}
+    text = {"boxstyle": "round,pad=0.5", "fc": "#eef3fb", "ec": "#1f4e9a"}  # the report side
+    dropped = {"boxstyle": "round,pad=0.5", "fc": "#fbeeee", "ec": "#9a1f1f"}
     arrow = {"arrowstyle": "-|>", "color": "#333333", "lw": 1.2}
     for i, (main, other) in enumerate(boxes):
         y = 5 - 2 * i
@@ -260,7 +261,10 @@ def plot_flow(flow: dict[str, dict[str, int]], organ: str, path: Path) -> None:
         if i + 1 < len(boxes):
             ax.annotate("", xy=(3, y - 1.45), xytext=(3, y - 0.55), arrowprops=arrow)
         if other:
-            ax.text(7.6, y, other, ha="center", va="center", fontsize=8, bbox=side)
+            style = text if i == 1 else dropped
+            ax.text(7.6, y, other, ha="center", va="center", fontsize=8, bbox=style)
+    # the reports' organ sentences join the organ images to make the pairs
+    ax.annotate("", xy=(4.4, 1.4), xytext=(7.6, 2.55), arrowprops=arrow)
     ax.set_title(f"medssl data pairs — {organ} (cf. paper 002 Fig. 2)", fontsize=10)
     save = {"format": "png", "dpi": 100, "bbox_inches": "tight", "metadata": {"Software": None}}
     atomic_write(path, lambda tmp: fig.savefig(tmp, **save))
