@@ -57,6 +57,8 @@ demo: venv ## the whole job on the embedded defaults: dvc repro synth → … �
 	@echo "  source .venv/bin/activate && medssl study label-fractions data/splits --encoder models/pretrain/encoder.pt --seeds 1"
 	@echo "Breast-ultrasound lesion recognition, paper 004 Tables 1-2 (6 variants x 5 patient-grouped folds):"
 	@echo "  source .venv/bin/activate && medssl data synth --kind breast-us --size tiny --out data/breast-us && medssl study cv data/breast-us --seeds 1"
+	@echo "Image-report pre-training, paper 002 Table 1 (ConVIRT vs random / LSD init, controls; ~70 min on 2 cores):"
+	@echo "  source .venv/bin/activate && python benchmarks/convirt_study.py --seeds 0 1 2 --threshold 0.3 --out reports/studies/convirt"
 
 test: venv ## lint, format check and the test suite
 	ruff check $(PY_SRC)
