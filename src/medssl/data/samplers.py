@@ -201,3 +201,54 @@ class UniformLabelSampler(EpochSampler):
             order = rng.permutation(np.concatenate(picks))[:n]
         picked = self.rows[order]
         return [picked[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
+
+
+LVIS_THRESHOLD = 0.4  # paper 003 §III.A: t, "empirically set to 0.4"
+
+
+def repeat_factors(image_classes: Sequence[Sequence[str]], threshold: float = LVIS_THRESHOLD):
+    """Paper 003 §III.A (LVIS repeat-factor sampling, Gupta et al. 2019): f(c) = the share of
+    images that contain class c, r(c) = max(1, √(t / f(c))), and an image's factor r(I) = the max
+    of r(c) over its classes (1 for an image without a class). Returns (r(I) float64 [n],
+    {c: r(c)})."""
+    n = len(image_classes)
+    counts: dict[str, int] = {}
+    for classes in image_classes:
+        for c in set(classes):
+            counts[c] = counts.get(c, 0) + 1
+    per_class = {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in sorted(counts.items())}
+    per_image = np.array(
+        [max((per_class[c] for c in set(classes)), default=1.0) for classes in image_classes]
+    )
+    return per_image, per_class
+
+
+class RepeatFactorSampler(EpochSampler):
+    """Paper 003 §III.A: each epoch repeats image i ⌊r_i⌋ times plus once more with probability
+    r_i − ⌊r_i⌋ (stochastic rounding, drawn per epoch from the seed), shuffles, and cuts batches
+    of `batch_size` (the rare classes' images are seen ≈ r times as often)."""
+
+    def __init__(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        factors: Sequence[float] | np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        stream: int = 0,
+    ) -> None:
+        super().__init__(seed, stream)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.factors = np.asarray(factors, dtype=np.float64)
+        if len(self.rows) == 0:
+            raise ValueError("no rows to sample")
+        if len(self.factors) != len(self.rows) or (self.factors < 1).any():
+            raise ValueError("one repeat factor >= 1 per row is needed")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.batch_size = batch_size
+
+    def make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        whole = np.floor(self.factors)
+        times = whole.astype(np.int64) + (rng.random(len(self.rows)) < self.factors - whole)
+        epoch = rng.permutation(np.repeat(self.rows, times))
+        return [epoch[s : s + self.batch_size] for s in range(0, len(epoch), self.batch_size)]
