@@ -99,7 +99,8 @@ def organ_threshold(clusters_json: dict[str, Any], organ: str, threshold: float 
 
 def organ_clusters(clusters_json: dict[str, Any], organ: str, threshold: float) -> list[int]:
     """Paper 002 §3.2: the clusters whose Algorithm-1 soft label gives `organ` more than
-    `threshold` (clusters without a soft label — no dev images — are never the organ's)."""
+    `threshold` (clusters without dev images — their soft label is only the prior — are never the
+    organ's)."""
     if organ not in clusters_json.get("classes", []):
         raise DataContractError(
             f"{CLUSTERS_FILE}: no class {organ!r} (classes: {clusters_json.get('classes')})"
@@ -107,7 +108,9 @@ def organ_clusters(clusters_json: dict[str, Any], organ: str, threshold: float) 
     return [
         int(c["cluster"])
         for c in clusters_json["clusters"]
-        if c.get("soft_label") and c["soft_label"][organ] > threshold
+        if c.get("soft_label")
+        and int(c.get("dev_images", 1)) > 0
+        and c["soft_label"][organ] > threshold
     ]
 
 
