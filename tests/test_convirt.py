@@ -228,6 +228,12 @@ def test_organ_task_is_the_labeled_kidney_images_with_their_finding(tiny_split, 
     truth = want.set_index("image")["kidney_abnormal"].astype(int)
     assert (m["target"].astype(int).to_numpy() == truth.loc[m["image"]].to_numpy()).all()
     assert sum(c["images"] for c in result.counts.values()) == len(m)
+    # a val/test split of one class is named in a warning line (its metrics are undefined)
+    one_class = [
+        s for s in ("val", "test") if m.loc[m["split"] == s, "target"].nunique() == 1
+    ]  # fmt: skip
+    assert result.one_class() == one_class
+    assert all(f"warning: {s} holds one class only" in result.describe() for s in one_class)
 
 
 def test_one_line_errors(tiny_split, truth_clusters, tmp_path, capsys):
@@ -237,11 +243,14 @@ def test_one_line_errors(tiny_split, truth_clusters, tmp_path, capsys):
         make_pairs(tiny_split, tmp_path, tmp_path / "p", PairsConfig())
     assert not (tmp_path / "p").exists()
     out = cli(capsys, "data", "organ-task", str(tiny_split), "--out", str(tmp_path / "k"),
+              "--target", "exam_id")  # fmt: skip
+    assert out.code == 2 and "exam_id is not 0/1" in out.error_line()
+    out = cli(capsys, "data", "organ-task", str(tiny_split), "--out", str(tmp_path / "k"),
               "--target", "nope")  # fmt: skip
     assert out.code == 2 and "no nope column" in out.error_line()
     out = cli(capsys, "pretrain", str(tiny_split), "--out", str(tmp_path / "c"),
               "-S", "pretrain.method=convirt")  # fmt: skip
-    assert out.code == 2 and "needs a image-text dataset" in out.error_line()
+    assert out.code == 2 and "needs an image-text dataset" in out.error_line()
 
 
 # --- the chain on tiny: pairs → ConVIRT → kidney task → GCE fine-tuning → evaluate --------------
@@ -304,3 +313,27 @@ def test_pairs_and_organ_task_component_bodies(tiny_split, truth_clusters, tmp_p
     task = Artifact(name="task", uri=str(tmp_path / "task"))
     c.organ_task.python_func(splits=splits, images=images, params=params, task=task)
     assert Dataset.open(task.path).info.task == "binary" and task.metadata["images_train"] > 0
+
+
+def test_a_retrained_tokenizer_changes_the_resume_fingerprint(pairs, tmp_path):
+    """Re-running `pairs` with another vocabulary leaves the manifest as it was; the resume
+    fingerprint must still change, or a resumed run would read new ids with old embeddings."""
+    import shutil
+
+    from medssl.config import load_params
+    from medssl.data.cache import open_cache
+    from medssl.method_params import ConvirtParams
+    from medssl.methods.convirt import Convirt
+    from medssl.text.tokens import train_tokenizer
+
+    cfg = load_params(Path("/nonexistent"), [f"pretrain.cache_dir={tmp_path / 'cache'}"]).pretrain
+    ds = Dataset.open(pairs)
+    cache = open_cache(ds, cfg.cache_dir, progress=False)
+    before = Convirt(cfg, ds, cache, ConvirtParams()).fingerprint()
+    shutil.copytree(pairs / "tokenizer", tmp_path / "tok")
+    train_tokenizer(ds.reports["text"].tolist(), tmp_path / "tok", vocab_size=150)
+    after = Convirt(cfg, ds, cache, ConvirtParams(tokenizer=str(tmp_path / "tok"))).fingerprint()
+    assert before["convirt.tokenizer_sha256"] != after["convirt.tokenizer_sha256"]
+    assert {k: v for k, v in before.items() if "tokenizer" not in k} == {
+        k: v for k, v in after.items() if "tokenizer" not in k
+    }

@@ -82,9 +82,12 @@ class DatasetMethod(Method):
         self.resolve_hparams(hparams)
         info = dataset.info
         if info.task not in self.tasks:
+            wanted = " or ".join(self.tasks)
+            article = "an" if wanted[0] in "aeiou" else "a"
             raise ConfigError(
-                f"{self.stage}.method {self.name!r} needs a {' or '.join(self.tasks)} dataset; "
+                f"{self.stage}.method {self.name!r} needs {article} {wanted} dataset; "
                 f"{dataset.root} is {info.task}"
+                + (" (make one with `medssl data pairs`)" if "image-text" in self.tasks else "")
             )
         self.task = info.task
         if len(cache) != len(dataset.manifest):

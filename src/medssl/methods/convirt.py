@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,11 +29,10 @@ from medssl.data.samplers import BatchSampler, ExamBatchSampler
 from medssl.engine.context import Context
 from medssl.engine.method import StepOutput
 from medssl.errors import ConfigError, DataContractError
+from medssl.fileio import sha256_file
 from medssl.method_params import ConvirtParams
 from medssl.methods.base import EncoderMethod
 from medssl.models import Classifier
-
-TOKENIZER_DIR = "tokenizer"  # the pairs stage's (medssl.stages.pairs.TOKENIZER_DIR)
 
 
 def convirt_loss(
@@ -77,7 +77,7 @@ class Convirt(EncoderMethod):
         hparams: BaseModel | None = None,
     ) -> None:
         super().__init__(cfg, dataset, cache, hparams)
-        from medssl.text.tokens import cached_encode, load_tokenizer
+        from medssl.text.tokens import TOKENIZER_DIR, cached_encode, load_tokenizer
 
         hp = self.hparams
         texts = dataset.manifest[TEXT_COLUMN].astype("string")
@@ -105,6 +105,14 @@ class Convirt(EncoderMethod):
             blur=0.5,
             blur_sigma=(0.1, sigma),
         )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The hyperparameters and the tokenizer's bytes: a resumed run must read the same
+        token ids (re-running `medssl data pairs` can retrain it with the manifest unchanged)."""
+        from medssl.text.tokens import tokenizer_file
+
+        digest = sha256_file(tokenizer_file(self.tokenizer_dir))
+        return {**super().fingerprint(), "convirt.tokenizer_sha256": digest}
 
     def streams(self) -> dict[str, BatchSampler]:
         """`batch_exams` exams per batch, one image of each (§4.2: an exam's images share one

@@ -43,6 +43,7 @@ class Supervised(MultilabelMethod):
     tasks = ("multilabel", "binary")
     augmentation = WEAK
     Hyperparameters = SupervisedParams
+    hparams: SupervisedParams
 
     def streams(self) -> dict[str, BatchSampler]:
         cfg = self.cfg
@@ -59,8 +60,8 @@ class Supervised(MultilabelMethod):
         return {"images": images, "targets": ctx.upload(self.targets[r])}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], ctx: Context) -> StepOutput:
-        hp = self.hparams
+        hp = self.hparams  # FixMatch, a subclass with its own params, has its own loss()
         logits = model(batch["images"])
-        if isinstance(hp, SupervisedParams) and hp.loss == "gce":
+        if hp.loss == "gce":
             return StepOutput(generalized_bce(logits, batch["targets"], hp.q))
         return StepOutput(multilabel_bce(logits, batch["targets"]))

@@ -42,13 +42,12 @@ from medssl.data.contract import (
 )
 from medssl.errors import DataContractError
 from medssl.fileio import atomic_write, staged_dir
+from medssl.methods.clustering import ASSIGNMENTS_FILE, CLUSTERS_FILE
+from medssl.text.tokens import TOKENIZER_DIR
 
 MENTIONS_FILE = "mentions.parquet"
 FLOW_FILE = "flow.json"
 FLOW_PLOT = "flow.png"
-TOKENIZER_DIR = "tokenizer"
-ASSIGNMENTS_FILE = "assignments.parquet"  # the pretrain stage's (medssl.methods.clustering)
-CLUSTERS_FILE = "clusters.json"
 SCORE_COLUMN = "organ_score"  # the organ's soft label of the row's cluster (1/0 from a label)
 
 
@@ -101,10 +100,6 @@ def organ_clusters(clusters_json: dict[str, Any], organ: str, threshold: float) 
     """Paper 002 §3.2: the clusters whose Algorithm-1 soft label gives `organ` more than
     `threshold` (clusters without dev images — their soft label is only the prior — are never the
     organ's)."""
-    if organ not in clusters_json.get("classes", []):
-        raise DataContractError(
-            f"{CLUSTERS_FILE}: no class {organ!r} (classes: {clusters_json.get('classes')})"
-        )
     return [
         int(c["cluster"])
         for c in clusters_json["clusters"]
@@ -279,12 +274,24 @@ class OrganTaskResult:
     out_dir: Path
     counts: dict[str, dict[str, int]]
 
+    def one_class(self) -> list[str]:
+        """The val/test splits whose images are all one class (their metrics are degenerate)."""
+        return [
+            s for s, c in self.counts.items()
+            if s != "train" and c["positive"] in (0, c["images"])
+        ]  # fmt: skip
+
     def describe(self) -> str:
         parts = [
             f"{s}: {c['images']:,} images ({c['positive']:,} positive), {c['exams']:,} exams"
             for s, c in self.counts.items()
         ]
-        return "; ".join(parts) + f"\nwrote {self.out_dir}/"
+        warn = [
+            f"warning: {s} holds one class only: its sensitivity/specificity are undefined "
+            "(label more exams: split.fractions)"
+            for s in self.one_class()
+        ]
+        return "\n".join(["; ".join(parts), *warn, f"wrote {self.out_dir}/"])
 
 
 def organ_task(dataset_dir: Path, out_dir: Path, cfg: PairsConfig) -> OrganTaskResult:
@@ -299,7 +306,14 @@ def organ_task(dataset_dir: Path, out_dir: Path, cfg: PairsConfig) -> OrganTaskR
             raise DataContractError(f"{dataset_dir}: no {column} column")
     keep = m["split"].isin(LABELED_SPLITS) & (m[label] == 1).fillna(False) & m[cfg.target].notna()
     rows = m[keep.to_numpy(dtype=bool)].copy()
-    rows["target"] = rows[cfg.target].astype("Int8")
+    values = rows[cfg.target]
+    binary = values.isin([0, 1])  # also True/False; anything else is not a binary target
+    if not binary.all():
+        raise DataContractError(
+            f"{dataset_dir}: {cfg.target} is not 0/1 (e.g. {values[~binary].iloc[0]!r}); "
+            "organ-task needs a binary attribute"
+        )
+    rows["target"] = values.astype("Int8")
     rows = rows[[c for c in rows.columns if not c.startswith("label_")]].reset_index(drop=True)
     counts = {
         s: {**_counts(g), "positive": int(g["target"].sum())}

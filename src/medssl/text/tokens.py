@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_DIR = "tokenizer"  # a dataset's tokenizer folder (`medssl data pairs` writes it)
 VOCAB_FILE = "vocab.txt"
 _CACHE_VERSION = b"medssl-token-cache-v1"
 
@@ -88,7 +89,7 @@ def train_tokenizer(
     return out_dir
 
 
-def _tokenizer_file(path: Path) -> Path:
+def tokenizer_file(path: Path) -> Path:
     """The file that defines the tokenizer in `path` (a folder, or the file itself)."""
     path = Path(path)
     if path.is_file():
@@ -103,7 +104,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     """The tokenizer saved by `train_tokenizer` in the folder `path` (tokenizer.json, else
     vocab.txt with the same settings); one-line ConfigError when there is none or it is
     unreadable."""
-    file = _tokenizer_file(path)
+    file = tokenizer_file(path)
     try:
         if file.name.endswith(".json"):
             from tokenizers import Tokenizer
@@ -144,7 +145,7 @@ def encode(
 def cache_key(tokenizer_dir: Path, texts: Sequence[str], max_length: int) -> str:
     """sha256 of the tokenizer file's bytes, max_length and the texts."""
     digest = hashlib.sha256(_CACHE_VERSION)
-    digest.update(_tokenizer_file(tokenizer_dir).read_bytes())
+    digest.update(tokenizer_file(tokenizer_dir).read_bytes())
     digest.update(f"\0{max_length}\0{len(texts)}\0".encode())
     for text in texts:
         data = text.encode("utf-8", "surrogatepass")
