@@ -48,6 +48,7 @@ from medssl.metrics.binary import (
 )
 from medssl.metrics.bootstrap import bootstrap_paired_difference
 from medssl.models import build_classifier
+from medssl.models.scoring import batched_logits
 from medssl.plots import plot_embedding
 from medssl.stages.evaluate import score_predictions
 from medssl.stages.pairs import make_pairs, organ_task
@@ -148,24 +149,24 @@ def shuffled_pairs(pairs_dir: Path, out: Path) -> Path:
     return out
 
 
-def features(encoder: Path | None, ds: Dataset, rows: np.ndarray, cache_dir: str) -> np.ndarray:
+def features(encoder: Path | None, cache, rows: np.ndarray, backbone: str) -> np.ndarray:
     """Backbone features (float64 [len(rows), D]) of un-augmented images; None: random init."""
     import torch
 
-    cache = open_cache(ds, cache_dir, progress=False)
     torch.manual_seed(0)
     init = "checkpoint" if encoder else "random"
-    model = build_classifier("resnet18", 1, cache.channels, init=init, weights=encoder).eval()
-    out = []
+    model = build_classifier(backbone, 1, cache.channels, init=init, weights=encoder).eval()
+
+    def images(chunk: np.ndarray) -> torch.Tensor:
+        return to_float(torch.from_numpy(cache.take(chunk)))
+
     with torch.inference_mode():
-        for start in range(0, len(rows), 256):
-            x = to_float(torch.from_numpy(cache.take(rows[start : start + 256])))
-            out.append(model.features(x).double().numpy())
-    return np.concatenate(out)
+        out = batched_logits(model.features, images, rows, 256, model.feature_dim)
+    return out.astype(np.float64)
 
 
 def probe_and_tsne(
-    encoders: dict[str, Path | None], kidney: Path, cache_dir: str, out: Path
+    encoders: dict[str, Path | None], kidney: Path, cache_dir: str, backbone: str, out: Path
 ) -> dict[str, dict[str, float]]:
     """Linear probe (train → test AUC, balanced accuracy) and t-SNE panels (Fig. 4)."""
     from sklearn.linear_model import LogisticRegression
@@ -175,12 +176,13 @@ def probe_and_tsne(
     ds = Dataset.open(kidney)
     m = ds.manifest
     y = m["target"].to_numpy(dtype=np.int64)
+    cache = open_cache(ds, cache_dir, progress=False)
     train_rows = np.flatnonzero((m["split"] == "train").to_numpy())
     test_rows = np.flatnonzero((m["split"] == "test").to_numpy())
     results, panels = {}, {}
     for name, encoder in encoders.items():
-        f_train = features(encoder, ds, train_rows, cache_dir)
-        f_test = features(encoder, ds, test_rows, cache_dir)
+        both = features(encoder, cache, np.concatenate([train_rows, test_rows]), backbone)
+        f_train, f_test = both[: len(train_rows)], both[len(train_rows) :]
         scaler = StandardScaler().fit(f_train)
         clf = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced")
         clf.fit(scaler.transform(f_train), y[train_rows])
@@ -248,7 +250,7 @@ def main() -> None:
     pairs_cfg = params.pairs
     if args.threshold is not None:
         pairs_cfg = pairs_cfg.model_copy(update={"threshold": args.threshold})
-    pairs_dir = work / f"pairs-t{pairs_cfg.threshold:g}"
+    pairs_dir = work / f"pairs-t{pairs_cfg.threshold}"
     if not (pairs_dir / "flow.json").is_file():
         make_pairs(splits, clusters, pairs_dir, pairs_cfg)
     flow = json.loads((pairs_dir / "flow.json").read_text())
@@ -306,7 +308,8 @@ def main() -> None:
         encoders["lsd"][seed] = clusters / "encoder.pt"
         encoders["random"][seed] = None
     first = args.seeds[0]
-    probe = probe_and_tsne({k: v[first] for k, v in encoders.items()}, kidney, cache_dir, out)
+    first_encoders = {k: v[first] for k, v in encoders.items()}
+    probe = probe_and_tsne(first_encoders, kidney, cache_dir, params.pretrain.backbone, out)
 
     supervised = params.method_params("supervised")
     decisions: dict[str, list[np.ndarray]] = {k: [] for k in INITS}
