@@ -180,7 +180,8 @@ def data_pairs(
         str | None,
         typer.Option(
             help="Soft-label share above which a cluster is the organ's, or auto: the organ's "
-            "share of the dev images (default: pairs.threshold)."
+            "share of the dev (val) images Algorithm 1 labelled the clusters with "
+            "(default: pairs.threshold)."
         ),
     ] = None,
     set_: SetOption = None,
@@ -201,7 +202,8 @@ def data_organ_task(
     out: Annotated[Path, typer.Option("--out", "-o", help="Binary dataset folder to write.")],
     organ: Annotated[str | None, typer.Option(help="Organ class (default: pairs.organ).")] = None,
     target: Annotated[
-        str | None, typer.Option(help="Attribute column that is the target (pairs.target).")
+        str | None,
+        typer.Option(help="0/1 attribute column that is the target (default: pairs.target)."),
     ] = None,
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,

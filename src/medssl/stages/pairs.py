@@ -11,8 +11,8 @@
    exam's organ sentences; images of exams that never mention it are dropped.
 
 The output is an `image-text` dataset (manifest `text` column, images shared with the input
-through `image_root`), its WordPiece tokenizer retrained on the paired exams' reports (§4.1,
-tokenizer/), the Fig. 2 flow counts (flow.json, flow.png) and the mention table.
+through `image_root`), its WordPiece tokenizer retrained on the reports of the pre-training
+exams (§4.1, tokenizer/), the Fig. 2 flow counts (flow.json, flow.png) and the mention table.
 
 `organ_task` (`medssl data organ-task DATASET --out TASK`): the labeled images of the organ as a
 binary dataset whose target is an attribute (`kidney_abnormal`: paper 002 §3.1's normal/abnormal
