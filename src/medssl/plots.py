@@ -17,6 +17,36 @@ def _pyplot():
     return plt
 
 
+def plot_flowchart(rows: Sequence[tuple[str, str | None]], title: str, path: Path | str) -> Path:
+    """A column of kept sets, top to bottom, each with the set it lost to the side (or None),
+    like the papers' data flow figures (paper 000 Fig. 4, paper 002 Fig. 2); written atomically,
+    byte-stable (no software tag)."""
+    from medssl.fileio import atomic_write
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 1.7 * len(rows)))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, len(rows) * 2)
+    ax.axis("off")
+    box = {"boxstyle": "round,pad=0.5", "fc": "#eef3fb", "ec": "#1f4e9a"}
+    side = {"boxstyle": "round,pad=0.5", "fc": "#fbeeee", "ec": "#9a1f1f"}
+    arrow = {"arrowstyle": "-|>", "color": "#333333", "lw": 1.2}
+    for i, (kept, dropped) in enumerate(rows):
+        y = len(rows) * 2 - 1 - 2 * i
+        ax.text(3, y, kept, ha="center", va="center", fontsize=9, bbox=box)
+        if i + 1 < len(rows):
+            ax.annotate("", xy=(3, y - 1.35), xytext=(3, y - 0.6), arrowprops=arrow)
+        if dropped:
+            ax.text(6.2, y - 0.9, dropped, ha="left", va="center", fontsize=8, bbox=side)
+            ax.annotate("", xy=(6.0, y - 0.9), xytext=(3, y - 0.9), arrowprops=arrow)
+    ax.set_title(title, fontsize=10)
+    path = Path(path)
+    save = {"format": "png", "dpi": 100, "bbox_inches": "tight", "metadata": {"Software": None}}
+    atomic_write(path, lambda tmp: fig.savefig(tmp, **save))
+    plt.close(fig)
+    return path
+
+
 def plot_cluster_sizes(sizes: np.ndarray, epochs: Sequence[int], path: Path, title: str) -> None:
     """Cluster-size distribution per epoch ([epochs, K] shares): each epoch's shares sorted from
     the largest cluster down (the shape a size prior acts on), early epochs light, late dark."""

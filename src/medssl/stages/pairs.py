@@ -41,8 +41,9 @@ from medssl.data.contract import (
     write_table,
 )
 from medssl.errors import DataContractError
-from medssl.fileio import atomic_write, staged_dir
+from medssl.fileio import staged_dir
 from medssl.methods.clustering import ASSIGNMENTS_FILE, CLUSTERS_FILE
+from medssl.plots import plot_flowchart
 from medssl.text.tokens import TOKENIZER_DIR
 
 MENTIONS_FILE = "mentions.parquet"
@@ -225,48 +226,27 @@ def make_pairs(
 
 
 def plot_flow(flow: dict[str, dict[str, int]], organ: str, path: Path) -> None:
-    """The counts of each step drawn like paper 002 Fig. 2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The counts of each step drawn like paper 002 Fig. 2 (kept sets, what each step drops)."""
     f = flow
-    boxes = [
-        (f"Pre-training set\n{f['rows']['exams']:,} exams, {f['rows']['images']:,} images", None),
+    rows = [
+        (
+            f"Pre-training set\n{f['rows']['exams']:,} exams, {f['rows']['images']:,} images",
+            f"other clusters\n{f['rows']['images'] - f['organ_images']['images']:,} images",
+        ),
         (
             f"{organ} images (deep clusters)\n{f['organ_images']['images']:,} images, "
             f"{f['organ_images']['exams']:,} exams",
-            f"reports mentioning {organ}\n{f['reports_mention']['exams']:,} exams",
-        ),
-        (
-            f"image-text pairs\n{f['pairs']['images']:,} images, {f['pairs']['exams']:,} exams",
             f"no {organ} sentence\n{f['unpaired']['images']:,} images, "
             f"{f['unpaired']['exams']:,} exams",
         ),
+        (
+            f"image-text pairs (reports mentioning {organ}: "
+            f"{f['reports_mention']['exams']:,} exams)\n{f['pairs']['images']:,} images, "
+            f"{f['pairs']['exams']:,} exams",
+            None,
+        ),
     ]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, 6)
-    ax.axis("off")
-    kept = {"boxstyle": "round,pad=0.5", "fc": "#e8f4ea", "ec": "#2e7d32"}
-    text = {"boxstyle": "round,pad=0.5", "fc": "#eef3fb", "ec": "#1f4e9a"}  # the report side
-    dropped = {"boxstyle": "round,pad=0.5", "fc": "#fbeeee", "ec": "#9a1f1f"}
-    arrow = {"arrowstyle": "-|>", "color": "#333333", "lw": 1.2}
-    for i, (main, other) in enumerate(boxes):
-        y = 5 - 2 * i
-        ax.text(3, y, main, ha="center", va="center", fontsize=9, bbox=kept)
-        if i + 1 < len(boxes):
-            ax.annotate("", xy=(3, y - 1.45), xytext=(3, y - 0.55), arrowprops=arrow)
-        if other:
-            style = text if i == 1 else dropped
-            ax.text(7.6, y, other, ha="center", va="center", fontsize=8, bbox=style)
-    # the reports' organ sentences join the organ images to make the pairs
-    ax.annotate("", xy=(4.4, 1.4), xytext=(7.6, 2.55), arrowprops=arrow)
-    ax.set_title(f"medssl data pairs — {organ} (cf. paper 002 Fig. 2)", fontsize=10)
-    save = {"format": "png", "dpi": 100, "bbox_inches": "tight", "metadata": {"Software": None}}
-    atomic_write(path, lambda tmp: fig.savefig(tmp, **save))
-    plt.close(fig)
+    plot_flowchart(rows, f"medssl data pairs — {organ} (cf. paper 002 Fig. 2)", path)
 
 
 @dataclass
