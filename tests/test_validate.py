@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medssl.config import ValidateConfig
+from medssl.config import DataConfig, SplitConfig, ValidateConfig
 from medssl.data.contract import (
+    BOXES_FILE,
     MANIFEST_FILE,
     REPORTS_FILE,
     DatasetInfo,
@@ -25,6 +26,7 @@ from medssl.data.contract import (
     write_table,
 )
 from medssl.errors import DataContractError
+from medssl.stages.synth import synth
 from medssl.stages.validate import ValidationResult, summary, validate
 from medssl.validation import images as image_checks
 from medssl.validation import suites
@@ -297,6 +299,74 @@ def test_boxes_of_a_detection_dataset(pristine: Path, tmp_path: Path) -> None:
     ]
     assert _failure(r, "every box's image is in the manifest").unexpected_count == 1
     assert len(r.failures) == 2, summary(r)
+
+
+# ------------------------------------------------------------------- a detection dataset's boxes
+
+
+@pytest.fixture(scope="module")
+def chest_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic chest X-ray detection archive (read-only: copy it to break it)."""
+    out = tmp_path_factory.mktemp("chest") / "chest-xray"
+    synth(out, DataConfig(kind="chest-xray", size="tiny", workers=1), SplitConfig(), False)
+    return out
+
+
+def test_synthetic_chest_xray_passes(chest_tiny: Path, tmp_path: Path) -> None:
+    r = validate(chest_tiny, tmp_path / "out", WITH_IMAGES, progress=False)
+    assert r.success, summary(r)
+    assert r.counts["boxes_rows"] > 40 and r.counts["images_checked"] == 120
+    names = {e["name"] for e in json.loads(r.report_path.read_text())["expectations"]}
+    assert {
+        "a detection dataset has boxes.parquet",
+        "box labels are classes of dataset.yaml",
+        "box x2 lies in the image: 0 <= x2 <= 64 (images square at image_size)",
+        "every box's image is in the manifest",
+        "boxes have y2 > y1",
+    } <= names
+
+
+def test_bad_boxes_fail_by_name(chest_tiny: Path, tmp_path: Path) -> None:
+    root = tmp_path / "chest"
+    shutil.copytree(chest_tiny, root)
+
+    def spoil(b: pd.DataFrame) -> None:
+        b.loc[0, "x2"] = 70.5  # outside the 64-px image
+        b.loc[1, "label"] = "pneumothorax"  # not a class of dataset.yaml
+        b.loc[2, "image"] = "images/ghost.png"  # not in the manifest
+        b.loc[3, "x2"] = b.loc[3, "x1"]  # an empty box
+        b.loc[4, "y1"] = -2.0  # above the image
+
+    boxes = read_table(root / BOXES_FILE)
+    ids = [
+        f"image={boxes.loc[k, 'image']}, reader_id={boxes.loc[k, 'reader_id']}" for k in range(5)
+    ]
+    _edit(root, BOXES_FILE, spoil)
+    r = validate(root, tmp_path / "out", TABLES_ONLY)
+    f = _failure(r, "box x2 lies in the image: 0 <= x2 <= 64 (images square at image_size)")
+    assert f.examples == [f"{ids[0]}: x2=70.5"]
+    f = _failure(r, "box labels are classes of dataset.yaml")
+    assert f.examples == [f"{ids[1]}: label=pneumothorax"]
+    f = _failure(r, "every box's image is in the manifest")
+    assert f.examples == [
+        f"image=images/ghost.png, {ids[2].split(', ')[1]}: image_in_manifest=False"
+    ]
+    x1 = boxes.loc[3, "x1"]
+    assert _failure(r, "boxes have x2 > x1").examples == [f"{ids[3]}: x1={x1}, x2={x1}"]
+    f = _failure(r, "box y1 lies in the image: 0 <= y1 <= 64 (images square at image_size)")
+    assert f.examples == [f"{ids[4]}: y1=-2.0"]
+    assert len(r.failures) == 5, summary(r)
+    assert f"  x {f.line()}" in summary(r) and f.unexpected_count == 1
+
+
+def test_detection_dataset_without_boxes(chest_tiny: Path, tmp_path: Path) -> None:
+    root = tmp_path / "chest"
+    shutil.copytree(chest_tiny, root)
+    (root / BOXES_FILE).unlink()
+    r = validate(root, tmp_path / "out", TABLES_ONLY)
+    f = _failure(r, "a detection dataset has boxes.parquet")
+    assert f.examples == ["table=boxes.parquet: present=False"]
+    assert [x.name for x in r.failures] == ["a detection dataset has boxes.parquet"]
 
 
 # ------------------------------------------------------------------------------ not a dataset

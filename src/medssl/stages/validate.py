@@ -6,6 +6,9 @@ tables (and, unless disabled, the image-file checks of `medssl.validation.images
 `ValidationResult`. Failed expectations do not raise: the result says ``success=False`` and the
 CLI decides the exit code. A folder that is not a dataset at all (no or invalid dataset.yaml, a
 missing or unreadable manifest, an unreadable reports/boxes table) raises `DataContractError`.
+A `detection` dataset without boxes.parquet is a dataset with a failed expectation ("a detection
+dataset has boxes.parquet"), and its boxes are checked against dataset.yaml: labels among its
+classes, coordinates inside the (square) image of `image_size` pixels.
 """
 
 from __future__ import annotations

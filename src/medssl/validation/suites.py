@@ -15,6 +15,7 @@ derived pandas *views*:
 * ``patient_splits``  distinct (patient_id, split) pairs: patient_id unique → patient-disjoint;
 * ``reports``         reports.parquet with ``exam_in_manifest``;
 * ``boxes``           boxes.parquet with ``image_in_manifest``;
+* ``tables``          (detection datasets) one row per table the task needs: whether it is there;
 * ``image_files``     one row per image file checked by `medssl.validation.images`.
 
 Each expectation carries its human name (``meta.name``, also its ``notes`` in the data docs) and a
@@ -39,6 +40,7 @@ import pandas as pd
 
 from medssl.data.contract import (
     BOX_COLUMNS,
+    BOXES_FILE,
     LABELED_SPLITS,
     MANIFEST_ID_COLUMNS,
     REPORT_COLUMNS,
@@ -191,6 +193,9 @@ def build_views(
             frame = boxes.copy(deep=False)
             frame["image_in_manifest"] = isin(boxes["image"], manifest["image"])
         views["boxes"] = View("boxes", frame, ["image", "reader_id"], "boxes.parquet, one per box")
+    if info.task == "detection":  # a detection dataset's labels are its boxes
+        tables = pd.DataFrame({"table": [BOXES_FILE], "present": [boxes is not None]})
+        views["tables"] = View("tables", tables, ["table"], "the tables the task needs")
     if image_files is not None:
         views["image_files"] = View(
             "image_files", image_files, ["image", "reason"], "one row per image file checked"
@@ -363,8 +368,18 @@ def build_checks(
             column="language",
         )
 
+    if info.task == "detection":
+        add(
+            "tables",
+            f"a detection dataset has {BOXES_FILE}",
+            gxe.ExpectColumnValuesToBeInSet,
+            column="present",
+            value_set=[True],
+        )
     if boxes:
         exists("boxes", "boxes", BOX_COLUMNS)
+        for c in BOX_COLUMNS:
+            add("boxes", f"box {c} is never null", gxe.ExpectColumnValuesToNotBeNull, column=c)
         add(
             "boxes",
             "every box's image is in the manifest",
@@ -372,6 +387,23 @@ def build_checks(
             column="image_in_manifest",
             value_set=[True],
         )
+        add(
+            "boxes",
+            "box labels are classes of dataset.yaml",
+            gxe.ExpectColumnValuesToBeInSet,
+            column="label",
+            value_set=list(info.classes),
+        )
+        n = info.image_size
+        for c in ("x1", "y1", "x2", "y2"):
+            add(
+                "boxes",
+                f"box {c} lies in the image: 0 <= {c} <= {n} (images square at image_size)",
+                gxe.ExpectColumnValuesToBeBetween,
+                column=c,
+                min_value=0,
+                max_value=n,
+            )
         for lo, hi in (("x1", "x2"), ("y1", "y2")):
             add(
                 "boxes",

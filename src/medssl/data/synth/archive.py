@@ -263,12 +263,14 @@ def write_frames(
     render: Callable[[Any], np.ndarray],
     workers: int = 0,
     progress: bool = True,
+    boxes: pd.DataFrame | None = None,
 ) -> Path:
     """Write a planned dataset: `render(specs[i])` gives the pixels of manifest row i (saved at
     its `image` path), then the contract tables. `render` must be a module-level function and
     the specs plain data (they travel to worker processes); the rows of one `groups` value
     (an exam) are rendered by one job. Every row's pixels must depend on its spec alone, so the
-    output is byte-identical whatever `workers` is. Staged: complete at `out` or absent."""
+    output is byte-identical whatever `workers` is. `boxes` (a detection dataset's readers'
+    boxes) is written as boxes.parquet. Staged: complete at `out` or absent."""
     out = Path(out)
     with staged_dir(out) as tmp:
         paths = manifest["image"].tolist()
@@ -289,7 +291,7 @@ def write_frames(
                 for n in pool.map(_render_job, jobs, chunksize=chunks):
                     bar.update(n)
         bar.close()
-        write_dataset(tmp, info, manifest, reports)
+        write_dataset(tmp, info, manifest, reports, boxes)
     return out
 
 
