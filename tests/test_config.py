@@ -28,6 +28,8 @@ def test_repo_params_yaml_matches_the_models():
         "fixmatch-twohead",
         "lesion-recognition",
         "convirt",
+        "simclr",
+        "faster-rcnn",
         "train",
         "evaluate",
         "register",

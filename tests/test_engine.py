@@ -337,3 +337,18 @@ def test_methods_see_epoch_and_step_and_may_reset_optimizer_state_at_an_epoch_st
     assert method.seen_ctx == [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]
     # the weight's Adam moments live on; the bias's restart at every epoch
     assert counts.steps == [(1, 1), (2, 2), (3, 1), (4, 2), (5, 1), (6, 2)]
+
+
+def test_a_diverged_run_stops_at_the_next_loss_read_in_one_line():
+    """A NaN loss (lr far too high) is not trained on for epochs: the run fails with a line that
+    names the step and the learning rate."""
+    from medssl.errors import RunFailed
+
+    class Diverging(Scripted):
+        def loss(self, model, batch, ctx):
+            out = super().loss(model, batch, ctx)
+            return StepOutput(out.loss * float("nan") if ctx.step >= 3 else out.loss)
+
+    trainer = Trainer(Diverging(), _scripted_cfg(max_epochs=5), progress=False, log_every=2)
+    with pytest.raises(RunFailed, match=r"diverged: the loss is nan by step 4 .*lr 0\.1"):
+        trainer.fit()

@@ -225,7 +225,7 @@ def test_bad_input_is_one_clear_line(tiny_split, tmp_path, capsys):
         cli(capsys, "pretrain", tiny_split, *args, "-S", "pretrain.method=supervised"),
         2,
         "pretrain.method 'supervised' is not an encoder method "
-        "(known: convirt, deepcluster, lsd, pica)",
+        "(known: convirt, deepcluster, lsd, pica, simclr)",
     )
     expect_error(
         cli(capsys, "train", tiny_split, *args, "-S", "train.method=lsd"),

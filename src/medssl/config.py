@@ -24,21 +24,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# `data.size` values of each `data.kind` (the SIZES of medssl.data.synth.archive, .cardiac and
-# .breast; tests keep them in agreement)
+# `data.size` values of each `data.kind` (the SIZES of medssl.data.synth.archive, .cardiac,
+# .breast and .chest; tests keep them in agreement)
 SYNTH_SIZES: dict[str, tuple[str, ...]] = {
     "abdominal-us": ("tiny", "small", "paper"),
     "cardiac-mr": ("tiny", "small", "small-3", "paper", "paper-3"),
     "breast-us": ("tiny", "small", "paper"),
+    "chest-xray": ("tiny", "small", "paper"),
 }
 
 
 class DataConfig(Section):
     """`medssl data synth`: the generated archive."""
 
-    kind: Literal["abdominal-us", "cardiac-mr", "breast-us"] = Field(
+    kind: Literal["abdominal-us", "cardiac-mr", "breast-us", "chest-xray"] = Field(
         "abdominal-us",
-        description="abdominal-us (paper 000) | cardiac-mr (paper 001) | breast-us (paper 004)",
+        description="abdominal-us (paper 000) | cardiac-mr (paper 001) | breast-us (paper 004) "
+        "| chest-xray (paper 003, detection)",
     )
     size: str = Field("small", description="a size of the kind (SYNTH_SIZES)")
     seed: int = 0
@@ -225,8 +227,17 @@ class PretrainConfig(LoopConfig):
     batch_exams: int = Field(16, ge=1, description="t unlabeled exams per batch (§3.2)")
     max_batch_images: int = Field(256, ge=1, description="cap on images per exam batch")
     max_epochs: int = Field(100, ge=1)
-    rows: Literal["unlabeled", "unlabeled+train"] = Field(
-        "unlabeled", description="rows trained on (labels are never read)"
+    rows: Literal["unlabeled", "unlabeled+train", "train-rest"] = Field(
+        "unlabeled",
+        description="rows trained on (labels are never read); train-rest: the train rows "
+        "outside the pretrain.label_fraction subset (paper 003 §III.A: the pre-training share)",
+    )
+    label_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="with rows=train-rest: the fine-tuning subset (split stage's label_fraction "
+        "<= f) whose complement in train is pre-trained on",
     )
     tsne_points: int = Field(2000, ge=0, description="points in the t-SNE plot; 0: no plot")
 

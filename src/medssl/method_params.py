@@ -146,6 +146,77 @@ class ConvirtParams(Section):
     )
 
 
+class SimclrParams(Section):
+    """`simclr:` in params.yaml (paper 003 §III.C; SimCLR, Chen et al. 2020, whose choices fill
+    what paper 003 does not give). The loop's knobs are `pretrain:`'s (paper 003: resnet50; a
+    batch is pretrain.batch_exams exams, at most pretrain.max_batch_images images, two views
+    each). τ 0.5 is SimCLR's for its smaller runs (CIFAR-10, App. B.9; its ImageNet runs with
+    batches of 4096 use 0.1): our batches are tens to hundreds of images. The projection head g
+    is SimCLR's W⁽²⁾σ(W⁽¹⁾h) with a 128-d output."""
+
+    temperature: float = Field(
+        0.5, gt=0, description="τ of NT-Xent (SimCLR eq. 1; SimCLR's small-batch value)"
+    )
+    projection_dim: int = Field(128, ge=2, description="output of the projection head g")
+    input_norm: Literal["histogram", "image", "dataset"] = Field(
+        "histogram",
+        description="the encoder's input transform, kept by every model fine-tuned from it: "
+        "histogram (§III.C: histogram normalisation) | image (z-score) | dataset (ImageNet)",
+    )
+    crop_min: float = Field(
+        0.2, gt=0, le=1, description="smallest crop, share of the image area (§III.C: 0.2)"
+    )
+    blur_p: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="probability of the Gaussian blur (σ 0.1-2 px, 21 taps; §III.C's 'random' "
+        "blur: SimCLR blurs half the views)",
+    )
+    noise_p: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="probability of the Gaussian noise (σ 12.5-25 % of the mean pixel value; "
+        "§III.C: 'a random amount', always added)",
+    )
+    val_images: int = Field(
+        256,
+        ge=0,
+        description="val images whose contrastive accuracy is measured each epoch (fixed views); "
+        "0: none",
+    )
+
+
+class FasterRcnnParams(Section):
+    """`faster-rcnn:` in params.yaml (paper 003 §III). The loop's knobs are `train:`'s; the
+    paper's: backbone resnet50, sgd lr 0.0002 momentum 0.9 weight_decay 0.0001, batch_exams 2
+    (one image per exam: 2 images per batch), max_epochs 12."""
+
+    repeat_threshold: float | None = Field(
+        0.4,
+        gt=0,
+        description="LVIS repeat-factor sampling's t (§III.A: 0.4); null: plain shuffling",
+    )
+    hflip: float = Field(
+        0.5, ge=0, le=1, description="horizontal-flip probability (mmdetection's default)"
+    )
+    trainable_layers: int = Field(
+        3,
+        ge=0,
+        le=5,
+        description="ResNet stages fine-tuned from a pre-trained backbone, whose batch norms are "
+        "frozen (torchvision's default 3); from random, everything trains",
+    )
+    frozen_batchnorm: bool = Field(
+        True,
+        description="freeze a pre-trained backbone's batch norms and train only its last "
+        "trainable_layers stages (torchvision's recipe); false: fine-tune it all, batch norm "
+        "included, as from random",
+    )
+    detections_per_image: int = Field(100, ge=1, description="kept per image (COCO's AR@100)")
+
+
 SECTIONS: dict[str, type[BaseModel]] = {
     "supervised": SupervisedParams,
     "pica": PicaParams,
@@ -155,4 +226,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "fixmatch-twohead": TwoHeadParams,
     "lesion-recognition": LesionRecognitionParams,
     "convirt": ConvirtParams,
+    "simclr": SimclrParams,
+    "faster-rcnn": FasterRcnnParams,
 }

@@ -4,9 +4,10 @@ Images arrive as uint8 [B, H, W] or [B, H, W, C] (from the image cache) and leav
 [B, C, H, W] in [0, 1]. Geometry (random resized crop, flips, rotation) is one `affine_grid` +
 `grid_sample` for the whole batch; intensity jitter, noise and cutout are elementwise. All
 randomness comes from the `generator` the engine owns (checkpointed, so a resumed run draws the same
-numbers). A method asks for several views of the same images (PICA, FixMatch weak/strong, SimCLR)
-with `views()`; a detection method passes `return_theta=True` and maps its boxes with
-`warp_points`. FixMatch's strong view is `rand_augment` (RandAugment ops + Cutout, batched).
+numbers). A method asks for several views of the same images (PICA, FixMatch weak/strong) with
+`views()`, SimCLR's (paper 003 §III.C: crop, flip, blur, noise) with `simclr_views()`; a detection
+method passes `return_theta=True` and maps its boxes with `warp_points`. FixMatch's strong view is
+`rand_augment` (RandAugment ops + Cutout, batched).
 """
 
 from __future__ import annotations
@@ -176,14 +177,24 @@ def augment(
 
 
 def gaussian_blur(
-    x: torch.Tensor, p: float, sigma: tuple[float, float], generator: torch.Generator
+    x: torch.Tensor,
+    p: float,
+    sigma: tuple[float, float],
+    generator: torch.Generator,
+    *,
+    kernel_size: int | None = None,
 ) -> torch.Tensor:
     """Blur each image of [B, C, H, W] with probability p, σ ~ U(sigma) pixels, a separable
-    Gaussian kernel of radius ⌈3·max σ⌉ (reflected borders); same memory format."""
+    Gaussian kernel of radius ⌈3·max σ⌉, or of `kernel_size` taps (odd; paper 003 §III.C: 21),
+    reflected borders; the radius is clipped to the image side − 1 on small images (a 21-tap
+    kernel on an 8 px image has 15 taps). Same memory format."""
     n, c, h, w = x.shape
+    if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
+        raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
     s = _uniform(generator, n, *sigma).to(x.device, x.dtype)
     apply = (_uniform(generator, n, 0.0, 1.0) < p).to(x.device)
-    radius = min(math.ceil(3 * sigma[1]), h - 1, w - 1)
+    radius = math.ceil(3 * sigma[1]) if kernel_size is None else kernel_size // 2
+    radius = min(radius, h - 1, w - 1)
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (t[None] / s[:, None]) ** 2)
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n·c, 2r + 1]
@@ -268,6 +279,82 @@ def _cutout_mask(x: torch.Tensor, side: float, generator: torch.Generator) -> to
     in_y = (ys.view(1, h) - centre[:, :1]).abs() < side / 2
     in_x = (xs.view(1, w) - centre[:, 1:]).abs() < side / 2
     return (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1).to(x.dtype)
+
+
+def relative_noise(
+    x: torch.Tensor, p: float, scale: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
+    """Paper 003 §III.C: add Gaussian noise to each image of [B, C, H, W] with probability p,
+    σ ~ U(scale) × the image's mean pixel value (its own brightness: a dark radiograph gets
+    little noise), then clamp to [0, 1]. Draws the same numbers whatever p; same memory
+    format."""
+    n = x.shape[0]
+    factor = _uniform(generator, n, *scale).to(x.device, x.dtype)
+    apply = (_uniform(generator, n, 0.0, 1.0) < p).to(x.device)
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    sigma = factor * x.mean(dim=(1, 2, 3)) * apply
+    return (x + sigma.view(n, 1, 1, 1) * noise.to(x.device)).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SimclrSpec:
+    """SimCLR's views as paper 003 §III.C lists them, in this order:
+
+    1. random resized crop of 0.2-1 of the image area, aspect ratio 3/4-4/3 (SimCLR's; the paper
+       gives the scale only), resized back to the input side (one batched affine warp, bilinear:
+       `random_theta` draws the ratio within what fits, so every crop lies inside the image);
+    2. horizontal flip with probability 0.5;
+    3. Gaussian blur, σ ~ U(0.1, 2) px, 21 taps (clipped on small images), with probability
+       `blur` (default 0.5: "a random Gaussian blur", SimCLR applies its blur to half the
+       views);
+    4. Gaussian noise, σ ~ U(0.125, 0.25) × the view's mean pixel value, with probability
+       `noise` (default 1: "a random amount of Gaussian noise", the amount is what is random),
+       clamped to [0, 1].
+
+    The histogram normalisation the paper applies to every image is the model's input transform
+    (`input_norm: histogram`, medssl.models.classifier.HistogramEqualize), so it runs after
+    these and at inference too."""
+
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    blur: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int = 21
+    noise: float = 1.0
+    noise_scale: tuple[float, float] = (0.125, 0.25)  # σ as a share of the mean pixel value
+
+
+SIMCLR = SimclrSpec()
+
+
+def simclr_view(x: torch.Tensor, spec: SimclrSpec, generator: torch.Generator) -> torch.Tensor:
+    """One augmented view of float images [B, C, H, W] in [0, 1] (see `SimclrSpec`); same
+    shape, in [0, 1], same memory format."""
+    geometry = AugmentSpec(scale=spec.scale, ratio=spec.ratio, hflip=spec.hflip)
+    out: torch.Tensor = augment(x, geometry, generator)  # type: ignore[assignment]
+    if spec.blur > 0:
+        out = gaussian_blur(
+            out, spec.blur, spec.blur_sigma, generator, kernel_size=spec.blur_kernel
+        )
+    if spec.noise > 0:
+        out = relative_noise(out, spec.noise, spec.noise_scale, generator)
+    return out
+
+
+def simclr_views(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    spec: SimclrSpec = SIMCLR,
+    *,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's two views (paper 003 §III.C, `SimclrSpec`) of a batch, drawn independently from
+    `generator` (reproducible from its seed): uint8 [B, H, W] / [B, H, W, C] from the image cache
+    (converted, `channels_last` as asked) or float [B, C, H, W] in [0, 1] (used as it is) → two
+    float32 [B, C, H, W] in [0, 1]."""
+    x = to_float(images, channels_last) if images.dtype == torch.uint8 else images
+    return simclr_view(x, spec, generator), simclr_view(x, spec, generator)
 
 
 def views(

@@ -60,3 +60,35 @@ def fuse_readers(table: pd.DataFrame, threshold: float = FUSION_IOU) -> pd.DataF
     columns = ["image", "label", *COORDS, "readers"]
     out = pd.DataFrame(rows, columns=columns)
     return out.astype({"image": "string", "label": "string", "readers": "int64"})
+
+
+def boxes_per_row(
+    images: pd.Series | list[str], fused: pd.DataFrame, classes: list[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each manifest row's fused boxes as (float32 [k, 4] x1 y1 x2 y2, int64 [k] class index);
+    k = 0 for an image without boxes. A label outside `classes` is a ValueError."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(fused["label"].astype(str)) - set(index))
+    if unknown:
+        raise ValueError(f"box label(s) {', '.join(unknown)} are not classes of the dataset")
+    coords = fused[COORDS].to_numpy(dtype=np.float32)
+    labels = fused["label"].astype(str).map(index).to_numpy(dtype=np.int64)
+    positions = pd.Series(range(len(fused))).groupby(fused["image"].astype(str).to_numpy())
+    members = {image: rows.to_numpy() for image, rows in positions}
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    out = []
+    for image in list(images):
+        rows = members.get(str(image))
+        out.append(empty if rows is None else (coords[rows], labels[rows]))
+    return out
+
+
+def box_presence(per_row: list[tuple[np.ndarray, np.ndarray]], num_classes: int) -> np.ndarray:
+    """float32 [N, C]: 1 where a row's image holds a box of class c, else 0; NaN on the rows
+    without any box (an image without findings is not a detection label, paper 003 §II.A)."""
+    out = np.full((len(per_row), num_classes), np.nan, dtype=np.float32)
+    for i, (_, labels) in enumerate(per_row):
+        if len(labels):
+            out[i] = 0
+            out[i, labels] = 1
+    return out

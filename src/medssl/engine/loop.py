@@ -40,7 +40,7 @@ from medssl.engine.checkpoint import (
 from medssl.engine.context import Context, resolve_device
 from medssl.engine.early_stopping import EarlyStopping
 from medssl.engine.method import Method, StepOutput
-from medssl.errors import ConfigError, ResourceError
+from medssl.errors import ConfigError, ResourceError, RunFailed
 from medssl.tracking.base import NullTracker, Tracker
 
 CHECKPOINT_FILE = "last.pt"
@@ -364,6 +364,11 @@ class Trainer:
                 cb.on_step_end(self, out)
             if log_steps >= self.log_every:
                 total = loss_acc.item()
+                if not math.isfinite(total):  # diverged: nothing after this step can be used
+                    raise RunFailed(
+                        f"training diverged: the loss is {total} by step {st.step} "
+                        f"({self.cfg.method}, lr {self.cfg.lr:g}); lower the learning rate"
+                    )
                 seconds = max(time.perf_counter() - log_start, 1e-9)
                 self._log_step(bar, (total - last_read) / log_steps, log_images / seconds, out)
                 last_read, log_steps, log_images, log_start = total, 0, 0, time.perf_counter()

@@ -1,6 +1,7 @@
 """Training methods. A method is one module here plus one entry in `METHODS`, which maps the
 params.yaml name (`train.method`, `pretrain.method`) to its class; the engine, stages and
-pipelines do not change. Its `product` decides the stage: encoder → pretrain, classifier → train."""
+pipelines do not change. Its `product` decides the stage: encoder → pretrain, classifier or
+detector → train."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from medssl.errors import ConfigError
 from medssl.methods.base import EncoderMethod, MultilabelMethod
 from medssl.methods.convirt import Convirt
 from medssl.methods.deepcluster import DeepCluster
+from medssl.methods.faster_rcnn import FasterRcnn
 from medssl.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
 from medssl.methods.lesion import LesionRecognition
 from medssl.methods.pica import Lsd, Pica
+from medssl.methods.simclr import Simclr
 from medssl.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
@@ -23,19 +26,25 @@ METHODS: dict[str, type[Method]] = {
     FixMatchTwoHead.name: FixMatchTwoHead,
     LesionRecognition.name: LesionRecognition,
     Convirt.name: Convirt,
+    Simclr.name: Simclr,
+    FasterRcnn.name: FasterRcnn,
 }
 
 
-def get_method(name: str, product: str = "classifier", stage: str = "train") -> type[Method]:
-    """The method class of `<stage>.method` = name, which must make `product`."""
+def get_method(
+    name: str, product: str | tuple[str, ...] = "classifier", stage: str = "train"
+) -> type[Method]:
+    """The method class of `<stage>.method` = name, which must make `product` (or one of)."""
+    products = (product,) if isinstance(product, str) else product
     cls = METHODS.get(name)
-    if cls is None or cls.product != product:
-        known = ", ".join(sorted(n for n, c in METHODS.items() if c.product == product))
+    if cls is None or cls.product not in products:
+        known = ", ".join(sorted(n for n, c in METHODS.items() if c.product in products))
         if cls is None:
             raise ConfigError(f"unknown {stage}.method {name!r} (known: {known})")
         other = "pretrain" if cls.product == "encoder" else "train"
+        wanted = " or ".join(_a(p) for p in products)
         raise ConfigError(
-            f"{stage}.method {name!r} is not {_a(product)} method (known: {known}); "
+            f"{stage}.method {name!r} is not {wanted} method (known: {known}); "
             f"{name!r} makes {_a(cls.product)}: run it with `medssl {other}`"
         )
     return cls
@@ -50,6 +59,7 @@ __all__ = [
     "Convirt",
     "DeepCluster",
     "EncoderMethod",
+    "FasterRcnn",
     "FixMatchOneHead",
     "FixMatchTwoHead",
     "LesionRecognition",
@@ -57,6 +67,7 @@ __all__ = [
     "Method",
     "MultilabelMethod",
     "Pica",
+    "Simclr",
     "StepOutput",
     "Supervised",
     "get_method",

@@ -16,8 +16,9 @@ from torch import nn
 
 from medssl.config import LoopConfig, PretrainConfig, TrainConfig
 from medssl.data.augment import to_float
+from medssl.data.boxes import box_presence, boxes_per_row, fuse_readers
 from medssl.data.cache import ImageCache
-from medssl.data.contract import Dataset
+from medssl.data.contract import BOXES_FILE, Dataset
 from medssl.data.samplers import BatchSampler, ExamBatchSampler
 from medssl.data.splitting import LABEL_FRACTION_COLUMN
 from medssl.engine.context import Context
@@ -29,15 +30,12 @@ from medssl.models.inference import predictions_table
 from medssl.models.scoring import batched_logits
 
 
-def labeled_train_rows(
-    manifest: pd.DataFrame, label_cols: list[str], fraction: float
-) -> np.ndarray:
-    """Positions of the labeled train rows in the `fraction` subset (paper 000 §3.3.2: the split
-    stage's nested subsets, label_fraction <= f); all labeled train rows when the dataset has no
-    label_fraction column and fraction is 1."""
+def labeled_train_rows(manifest: pd.DataFrame, labeled: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions of the labeled train rows (`labeled`: bool per row) in the `fraction` subset
+    (paper 000 §3.3.2: the split stage's nested subsets, label_fraction <= f); all labeled train
+    rows when the dataset has no label_fraction column and fraction is 1."""
     train = (manifest["split"] == "train").to_numpy(dtype=bool)
-    labeled = manifest[label_cols].notna().all(axis=1).to_numpy(dtype=bool)
-    keep = train & labeled
+    keep = train & np.asarray(labeled, dtype=bool)
     if LABEL_FRACTION_COLUMN in manifest.columns:
         lf = manifest[LABEL_FRACTION_COLUMN].astype("Float64")
         keep &= (lf <= fraction + 1e-9).fillna(False).to_numpy(dtype=bool)
@@ -51,11 +49,26 @@ def labeled_train_rows(
 
 def multilabel_targets(dataset: Dataset) -> tuple[list[str], np.ndarray]:
     """The dataset's classes and its [N, C] float32 targets (NaN on unlabeled rows); a binary
-    dataset is its one positive class, read from `target`."""
+    dataset is its one positive class, read from `target`; a detection dataset's targets are the
+    classes of each image's fused boxes (NaN on an image without boxes)."""
     classes = list(dataset.info.classes)
+    if dataset.info.task == "detection":
+        return classes, box_presence(detection_boxes(dataset), len(classes))
     cols = dataset.info.class_columns()
     targets = dataset.manifest[cols].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
     return classes, targets
+
+
+def detection_boxes(dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each manifest row's ground truth of a detection dataset: its readers' boxes fused
+    (paper 003 §II.A) as (boxes [k, 4], class indices [k])."""
+    if dataset.boxes is None:
+        raise DataContractError(f"{dataset.root}: a detection dataset needs {BOXES_FILE}")
+    fused = fuse_readers(dataset.boxes)
+    try:
+        return boxes_per_row(dataset.manifest["image"], fused, list(dataset.info.classes))
+    except ValueError as exc:
+        raise DataContractError(f"{dataset.root}/{BOXES_FILE}: {exc}") from None
 
 
 def labeled_split_rows(dataset: Dataset, targets: np.ndarray, split: str) -> np.ndarray:
@@ -103,6 +116,15 @@ class DatasetMethod(Method):
     def eval_batch_size(self) -> int:
         return 4 * self.cfg.max_batch_images
 
+    # what the train stage writes of a classifier or detector method (an encoder's is `export`)
+    def predictions(self, model: nn.Module, ctx: Context) -> pd.DataFrame:
+        """predictions.parquet: the val/test rows' predictions (the evaluate stage's input)."""
+        raise NotImplementedError(f"{self.name} writes no predictions")
+
+    def export(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        """The module to save as model.pt and its meta (medssl.models.save_model)."""
+        raise NotImplementedError(f"{self.name} exports no model")
+
     def model_meta(self, init: str, **extra: Any) -> dict[str, Any]:
         """The meta of a model file this method writes (medssl.models.save_model): `extra` may
         set product, classes and task and adds its other keys at the end (the key order is the
@@ -141,8 +163,8 @@ class MultilabelMethod(DatasetMethod):
         hparams: BaseModel | None = None,
     ) -> None:
         super().__init__(cfg, dataset, cache, hparams)
-        label_cols = dataset.info.class_columns()
-        self.train_rows = labeled_train_rows(dataset.manifest, label_cols, cfg.label_fraction)
+        labeled = ~np.isnan(self.targets).any(axis=1)
+        self.train_rows = labeled_train_rows(dataset.manifest, labeled, cfg.label_fraction)
         if len(self.train_rows) == 0:
             raise DataContractError(
                 f"{dataset.root}: no labeled train rows in the label_fraction "
@@ -212,7 +234,9 @@ class MultilabelMethod(DatasetMethod):
 
 class EncoderMethod(DatasetMethod):
     """A method whose product is an encoder (the `pretrain` stage): it trains on the unlabeled
-    rows (and the train rows with `pretrain.rows: unlabeled+train`) without reading a label;
+    rows (and the train rows with `pretrain.rows: unlabeled+train`; with `train-rest`, only
+    the train rows outside the `pretrain.label_fraction` subset, paper 003 §III.A: each
+    pre-training share is the complement of its fine-tuning subset) without reading a label;
     labels of val/test rows only measure it. No early stopping: the last epoch's weights are
     kept (paper 000 §3.2). encoder.pt is the whole module in the classifier's key layout, so
     `train -S train.init=checkpoint -S train.weights=.../encoder.pt` takes its backbone."""
@@ -231,9 +255,16 @@ class EncoderMethod(DatasetMethod):
         hparams: BaseModel | None = None,
     ) -> None:
         super().__init__(cfg, dataset, cache, hparams)
-        wanted = ["unlabeled"] if cfg.rows == "unlabeled" else ["unlabeled", "train"]
-        split = dataset.manifest["split"]
-        self.train_rows = np.flatnonzero(split.isin(wanted).to_numpy(dtype=bool))
+        m = dataset.manifest
+        if cfg.rows == "train-rest":
+            wanted = [f"train rows outside the label_fraction <= {cfg.label_fraction:g} subset"]
+            subset = labeled_train_rows(m, np.ones(len(m), dtype=bool), cfg.label_fraction)
+            rest = (m["split"] == "train").to_numpy(dtype=bool)
+            rest[subset] = False
+            self.train_rows = np.flatnonzero(rest)
+        else:
+            wanted = ["unlabeled"] if cfg.rows == "unlabeled" else ["unlabeled", "train"]
+            self.train_rows = np.flatnonzero(m["split"].isin(wanted).to_numpy(dtype=bool))
         if len(self.train_rows) == 0:
             raise DataContractError(
                 f"{dataset.root}: no {' or '.join(wanted)} rows to pre-train on "

@@ -6,6 +6,7 @@ The module takes float32 pixels [B, C, H, W] in [0, 1] and returns logits [B, nu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,8 @@ from medssl.models.backbones import (
 MODEL_FORMAT = "medssl-model"
 MODEL_VERSION = 1
 Init = Literal["random", "imagenet", "checkpoint"]
-InputNorm = Literal["dataset", "image"]
+InputNorm = Literal["dataset", "image", "histogram"]
+INPUT_NORMS: tuple[str, ...] = ("dataset", "image", "histogram")
 
 
 class Normalize(nn.Module):
@@ -56,10 +58,56 @@ class ImageZScore(nn.Module):
         return (x - mean) / (std + self.EPS)
 
 
+class HistogramEqualize(nn.Module):
+    """Paper 003 §III.C: "each training and validation image has histogram normalization
+    applied". Every image's histogram is equalised, per channel, on the image quantised to 256
+    grey levels: a level goes to the midpoint of its step of the image's cumulative histogram,
+    (pixels below it + half the pixels at it) / pixels, so every image comes out with mean
+    exactly 1/2 and, without dominant levels, uniform (std 1/√12); then a fixed map to zero mean
+    and unit std, (y − 1/2)·√12. A constant image gives zeros; a large black background (one
+    level holding a share p of the pixels) shrinks the std to √(1 − p³) at most. Any increasing
+    map of the grey levels (gain, gamma, windowing) gives the same output.
+
+    Not torchvision's `equalize` (PIL's lookup table): its integer step, (pixels − pixels at the
+    top level) // 255, distorts images of fewer than ~10⁵ pixels (a 32 × 32 image can come out
+    with mean 0.59), and it sends the lowest level to 0. Batched, on any device; no gradient
+    flows through it (it only ever sees input pixels)."""
+
+    LEVELS = 256
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        with torch.no_grad():
+            levels = x.detach().float().clamp(0, 1).mul(self.LEVELS - 1).round_().long()
+            flat = levels.reshape(n, c, h * w)
+            hist = torch.zeros(n, c, self.LEVELS, dtype=torch.int32, device=x.device)
+            hist.scatter_add_(2, flat, torch.ones_like(flat, dtype=torch.int32))
+            below = (hist.cumsum(2) - hist).float()
+            lut = (below + hist.float() / 2) / (h * w)  # each level's CDF midpoint, in (0, 1)
+            y = (lut.gather(2, flat).view(n, c, h, w) - 0.5) * math.sqrt(12)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+
+def input_normalizer(input_norm: InputNorm, in_channels: int = 1) -> nn.Module:
+    """The model's first module, what its `input_norm` names (model.pt meta): "dataset" →
+    `Normalize` with ImageNet's statistics, "image" → `ImageZScore` (each image z-scored),
+    "histogram" → `HistogramEqualize` (each image's histogram equalised)."""
+    if input_norm == "image":
+        return ImageZScore()
+    if input_norm == "histogram":
+        return HistogramEqualize()
+    if input_norm == "dataset":
+        return Normalize(*normalization(in_channels))
+    raise ConfigError(f"unknown input_norm {input_norm!r} (known: {', '.join(INPUT_NORMS)})")
+
+
 class Classifier(nn.Module):
     """Normalize → backbone → `head`. Methods that need more heads on the same backbone (a
     clustering head, a projection head) put them in `extra_heads` and call `features()`.
-    `input_norm`: "dataset" (ImageNet statistics, `Normalize`) or "image" (`ImageZScore`)."""
+    `input_norm`: "dataset" (ImageNet statistics, `Normalize`), "image" (`ImageZScore`) or
+    "histogram" (`HistogramEqualize`); see `input_normalizer`."""
 
     def __init__(
         self,
@@ -72,9 +120,7 @@ class Classifier(nn.Module):
         self.backbone_name = backbone
         self.in_channels = in_channels
         self.input_norm = input_norm
-        self.normalize: nn.Module = (
-            ImageZScore() if input_norm == "image" else Normalize(*normalization(in_channels))
-        )
+        self.normalize = input_normalizer(input_norm, in_channels)
         self.backbone, self.feature_dim = build_backbone(backbone, in_channels)
         self.head = nn.Linear(self.feature_dim, num_classes)
         self.extra_heads = nn.ModuleDict()
@@ -174,9 +220,12 @@ def build_classifier(
 def save_model(path: Path | str, model: nn.Module, meta: Mapping[str, Any]) -> None:
     """Write model.pt atomically: the state dict (CPU, contiguous) + meta (plain data).
 
-    meta must hold at least: method, backbone, classes, in_channels, image_size, task."""
-    if not isinstance(model, Classifier):
-        raise TypeError(f"save_model expects a medssl Classifier, got {type(model).__name__}")
+    meta must hold at least: method, backbone, classes, in_channels, image_size, task (a
+    detector's: task "detection", rebuilt by medssl.models.detector.build_detector)."""
+    if not hasattr(model, "input_norm") or not hasattr(model, "num_classes"):
+        raise TypeError(
+            f"save_model expects a medssl Classifier or Detector, got {type(model).__name__}"
+        )
     missing = {"method", "backbone", "classes", "in_channels", "image_size", "task"} - set(meta)
     if missing:
         raise ValueError(f"model meta is missing {', '.join(sorted(missing))}")
@@ -196,8 +245,13 @@ def save_model(path: Path | str, model: nn.Module, meta: Mapping[str, Any]) -> N
 
 
 def load_model(path: Path | str) -> tuple[Classifier, dict[str, Any]]:
-    """(model in eval mode on CPU, meta) from a model.pt written by `save_model`."""
+    """(model in eval mode on CPU, meta) from a model.pt written by `save_model` (a Detector
+    when its meta's task is "detection")."""
     state, meta = _read_model_file(Path(path))
+    if meta.get("task") == "detection":
+        from medssl.models.detector import build_detector
+
+        return build_detector(meta, state), meta  # type: ignore[return-value]
     backbone, channels = meta["backbone"], int(meta["in_channels"])
     classes, norm = int(meta["num_classes"]), meta.get("input_norm", "dataset")
     if meta.get("clusters"):

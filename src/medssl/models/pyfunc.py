@@ -115,8 +115,9 @@ with warnings.catch_warnings():
             self.model = model.to(self.device).eval()
 
         def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them
-            """A DataFrame of `<class>_prob` and `<class>` columns, one row per input image."""
-            from medssl.models.scoring import decision_frame, probabilities
+            """A DataFrame of `<class>_prob` and `<class>` columns, one row per input image (a
+            detector's: row, label, score, x1 y1 x2 y2, one row per detected box)."""
+            from medssl.models.scoring import decision_frame, detection_frame, probabilities
 
             frame = (
                 model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -129,6 +130,11 @@ with warnings.catch_warnings():
             if len(frame) == 0:
                 raise bad_input("empty batch: send at least one image")
             pixels = decode_rows(frame[INPUT_COLUMN], self.spec)
+            if self.spec.meta.get("task") == "detection":  # one row per box, `row` = the input's
+                return detection_frame(
+                    self.model, pixels, self.spec.classes, image_size=self.spec.image_size,
+                    device=self.device,
+                )  # fmt: skip
             probs = probabilities(
                 self.model, pixels, image_size=self.spec.image_size, device=self.device
             )
@@ -139,8 +145,12 @@ def signature(spec: InferenceSpec) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    outputs = [ColSpec("float", f"{c}_prob") for c in spec.classes]
-    outputs += [ColSpec("integer", c) for c in spec.classes]
+    if spec.meta.get("task") == "detection":
+        outputs = [ColSpec("long", "row"), ColSpec("string", "label"), ColSpec("float", "score")]
+        outputs += [ColSpec("double", c) for c in ("x1", "y1", "x2", "y2")]
+    else:
+        outputs = [ColSpec("float", f"{c}_prob") for c in spec.classes]
+        outputs += [ColSpec("integer", c) for c in spec.classes]
     return ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema(outputs))
 
 

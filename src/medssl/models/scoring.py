@@ -73,3 +73,40 @@ def decision_frame(
     frame = {f"{c}{PROB_SUFFIX}": probs[:, i] for i, c in enumerate(classes)}
     frame |= {c: decided[:, i] for i, c in enumerate(classes)}
     return pd.DataFrame(frame)
+
+
+DETECTION_COLUMNS = ["row", "label", "score", "x1", "y1", "x2", "y2"]
+
+
+def detection_frame(
+    model: nn.Module,
+    pixels: np.ndarray,
+    classes: Sequence[str],
+    *,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+) -> pd.DataFrame:
+    """A detector's boxes of uint8 images [N, H, W(, 3)], one row per detection: `row` (the
+    image's position in `pixels`), label, score (float32) and x1 y1 x2 y2 in the pixels of the
+    model's input (`image_size` when the images are resized to it); float32, no autocast."""
+    device = device or torch.device("cpu")
+    names = np.asarray(list(classes), dtype=object)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            chunk = np.ascontiguousarray(pixels[start : start + batch_size])
+            x = to_float(torch.from_numpy(chunk)).to(device)
+            if image_size and x.shape[-1] != image_size:
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear")
+            for i, out in enumerate(model(x)):
+                boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
+                frame = pd.DataFrame(boxes, columns=DETECTION_COLUMNS[3:])
+                frame.insert(0, "row", np.full(len(boxes), start + i, dtype=np.int64))
+                frame.insert(1, "label", names[out["labels"].cpu().numpy() - 1])
+                frame.insert(2, "score", out["scores"].float().cpu().numpy())
+                parts.append(frame)
+    if not parts:
+        return pd.DataFrame({c: [] for c in DETECTION_COLUMNS})
+    table = pd.concat(parts, ignore_index=True)
+    return table.astype({"label": "string", "score": "float32"})

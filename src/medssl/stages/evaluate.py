@@ -33,6 +33,12 @@ from medssl.metrics.multilabel import (
     multilabel_report,
     weighted_f1,
 )
+from medssl.stages.evaluate_detection import (
+    evaluate_detection,
+    format_detection_table,
+    is_detection,
+    is_detection_metrics,
+)
 
 if TYPE_CHECKING:
     from medssl.tracking.base import Tracker
@@ -109,7 +115,14 @@ def evaluate(
     model) it scored, by sha256, so `register` can refuse another model's numbers."""
     model_dir = Path(model_dir)
     out_dir = Path(out_dir) if out_dir is not None else default_eval_dir(model_dir)
-    classes, splits = read_predictions(model_dir / PREDICTIONS_FILE)
+    table = read_predictions_table(model_dir / PREDICTIONS_FILE)
+    if is_detection(table):  # a detector's boxes (paper 003)
+        metrics, paths = evaluate_detection(
+            table, out_dir, scored_inputs(model_dir), classes=model_classes(model_dir, table),
+            tracker=tracker,
+        )  # fmt: skip
+        return EvaluateResult(out_dir, metrics, paths)
+    classes, splits = predictions_splits(table, str(model_dir / PREDICTIONS_FILE))
     val, test = splits["val"], splits["test"]
     scored = score(classes, val, test, cfg)
     metrics = {**scored.metrics, INPUTS_KEY: scored_inputs(model_dir)}
@@ -229,15 +242,29 @@ def score_predictions(path: Path, cfg: EvaluateConfig) -> tuple[_Split, Scored]:
 def read_predictions(path: Path) -> tuple[list[str], dict[str, _Split]]:
     """Classes (in label-column order) and the val and test rows of a predictions file;
     a one-line DataContractError for anything the evaluation cannot use."""
+    return predictions_splits(read_predictions_table(path), str(path))
+
+
+def read_predictions_table(path: Path) -> pd.DataFrame:
+    """A model folder's predictions.parquet as written (one-line error when unreadable)."""
     path = Path(path)
     if not path.is_file():
         raise DataContractError(f"{path}: predictions file not found (run `medssl train` first)")
     try:
-        table = pd.read_parquet(path)
+        return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataContractError(f"{path}: not a readable parquet file ({reason})") from None
-    return predictions_splits(table, str(path))
+
+
+def model_classes(model_dir: Path, table: pd.DataFrame) -> list[str]:
+    """The classes of a detector: its model.pt's, else the labels its predictions hold."""
+    model = Path(model_dir) / MODEL_FILE
+    if model.is_file():
+        from medssl.models.classifier import _read_model_file
+
+        return [str(c) for c in _read_model_file(model)[1]["classes"]]
+    return sorted(table["label"].dropna().astype(str).unique())
 
 
 def predictions_splits(table: pd.DataFrame, path: str) -> tuple[list[str], dict[str, _Split]]:
@@ -465,7 +492,10 @@ def _pct(x: float | None) -> str:
 
 def format_table(result: EvaluateResult) -> str:
     """The per-class table in the layout of paper 000 Table 2, then the CI and baseline; a binary
-    model adds both classes' rows in the layout of paper 002 Table 1."""
+    model adds both classes' rows in the layout of paper 002 Table 1; a detector's are paper 003's
+    Tables I-II."""
+    if is_detection_metrics(result.metrics):
+        return format_detection_table(result.metrics)
     lines = _aligned(*_rows(result))
     m = result.metrics
     if "test_npv" in m:

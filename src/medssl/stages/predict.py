@@ -11,7 +11,10 @@ DIR (complete or absent, like every stage's output) holds
 
     predictions.parquet  one row per image: image, patient_id, exam_id, split (what DATA has),
                          <class>_prob (float32) and <class> (0/1 at the model's val-tuned
-                         threshold) per class, model_name, model_version, model_run_id
+                         threshold) per class, model_name, model_version, model_run_id;
+                         a detector's: one row per detected box (score >= 0.05, at most 100
+                         per image): the image's ids, label, score, x1 y1 x2 y2 (pixels of
+                         the model's input size), model_name, model_version, model_run_id
     predict.json         the summary: model, data, images, images/s, device
 
 A long run is resumable: it works in `.<DIR>.partial/`, writing a part every `predict.chunk`
@@ -41,7 +44,7 @@ from medssl.engine.context import resolve_device
 from medssl.errors import ConfigError, DataContractError, MedsslError
 from medssl.fileio import atomic_write_text, partial_dir, staged_dir
 from medssl.models.pyfunc import InferenceSpec
-from medssl.models.scoring import decision_frame, probabilities
+from medssl.models.scoring import decision_frame, detection_frame, probabilities
 
 PREDICTIONS_FILE = "predictions.parquet"
 SUMMARY_FILE = "predict.json"
@@ -259,17 +262,23 @@ def predict(
             for first in range(done, total, cfg.chunk):
                 rows = range(first, min(first + cfg.chunk, total))
                 pixels = _decode(images, rows, spec_args, decode_image)
-                probs = probabilities(
-                    model_on_device, pixels, image_size=spec.image_size,
-                    batch_size=cfg.batch_size, device=device,
-                )  # fmt: skip
-                part = pd.concat(
-                    [
-                        images.ids.iloc[list(rows)].reset_index(drop=True),
-                        decision_frame(probs, spec.classes, spec.thresholds),
-                    ],
-                    axis=1,
-                )
+                ids = images.ids.iloc[list(rows)].reset_index(drop=True)
+                if spec.meta.get("task") == "detection":  # one row per box
+                    boxes = detection_frame(
+                        model_on_device, pixels, spec.classes, image_size=spec.image_size,
+                        batch_size=cfg.batch_size, device=device,
+                    )  # fmt: skip
+                    part = pd.concat(
+                        [ids.iloc[boxes.pop("row")].reset_index(drop=True), boxes], axis=1
+                    )
+                else:
+                    probs = probabilities(
+                        model_on_device, pixels, image_size=spec.image_size,
+                        batch_size=cfg.batch_size, device=device,
+                    )  # fmt: skip
+                    part = pd.concat(
+                        [ids, decision_frame(probs, spec.classes, spec.thresholds)], axis=1
+                    )
                 write_table(part, parts / f"part-{first:012d}.parquet")
                 bar.update(len(rows))
         table = _collect(parts, predictor.source)

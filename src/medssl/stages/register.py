@@ -75,6 +75,11 @@ class RegisterResult:
         }
 
 
+# register.metric's default, and what a detector is gated on instead (paper 003 §IV: COCO mAP)
+DETECTION_DEFAULT_FROM = "test_f1_weighted"
+DETECTION_METRIC = "test_map"
+
+
 def register(
     model_dir: Path,
     eval_dir: Path | None,
@@ -130,7 +135,9 @@ def register(
     if version is None:
         version = log_and_register(model_dir / MODEL_FILE, spec, metrics, name, tracker, tags=extra)
     if decision is None:
-        scorer = champion_scorer(name, dataset_dir, metric) if cfg.rescore_champion else None
+        # a detector champion is compared on its recorded mAP (rescoring covers classifiers)
+        rescore = cfg.rescore_champion and meta.get("task") != "detection"
+        scorer = champion_scorer(name, dataset_dir, metric) if rescore else None
         decision = gate(name, version, metric, cfg.margin, scorer=scorer)
 
     tracker.log_artifact(metrics_path)
@@ -181,7 +188,10 @@ def check_inputs(
         dataset_dir = Path(trained_on) if trained_on else None
     metrics_path = eval_dir / METRICS_FILE
     metrics = _read_metrics(metrics_path)
-    metric = _metric_key(metrics, cfg.metric, metrics_path)
+    wanted = cfg.metric
+    if wanted == DETECTION_DEFAULT_FROM and DETECTION_METRIC in metrics:
+        wanted = DETECTION_METRIC  # a detector's evaluation has no F1: paper 003's mAP
+    metric = _metric_key(metrics, wanted, metrics_path)
     model_sha = _check_own(metrics, model_dir, eval_dir)
     return eval_dir, dataset_dir, metrics, metric, model_sha
 
@@ -232,6 +242,8 @@ def inference_spec(meta: dict[str, Any], metrics: dict[str, Any]) -> InferenceSp
     channels, and the model's meta."""
     per_class = metrics.get("per_class") or {}
     classes = [str(c) for c in meta.get("classes") or []]
+    if meta.get("task") == "detection":  # a detector keeps its boxes' scores: no thresholds
+        per_class = {c: {"threshold": None} for c in classes}
     missing = [c for c in classes if c not in per_class]
     if not classes or missing:
         raise DataContractError(

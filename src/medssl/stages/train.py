@@ -1,7 +1,9 @@
 """Train stage: fit `train.method` on a split dataset through the one training loop, then write
 
-    model.pt             the best epoch's classifier (medssl.models.save_model)
-    predictions.parquet  one row per labeled val/test image: ids, split, label_<c>, score_<c>
+    model.pt             the best epoch's classifier or detector (medssl.models.save_model)
+    predictions.parquet  a classifier's: one row per labeled val/test image: ids, split,
+                         label_<c>, score_<c>; a detector's: one row per box of the val/test
+                         images (readers', fused truth and detections: methods.faster_rcnn)
     history.csv          one row per epoch: epoch, step, train_loss, val_loss, val_f1_weighted,
                          seconds, images_per_s
     train.json           the run's summary (with the dataset path and model.pt's sha256)
@@ -38,7 +40,8 @@ from medssl.engine.loop import CHECKPOINT_FILE, Callback, FitResult, Trainer
 from medssl.engine.method import Method
 from medssl.errors import DataContractError, Interrupted
 from medssl.fileio import partial_dir, sha256_file, staged_dir
-from medssl.methods import MultilabelMethod, get_method
+from medssl.methods import get_method
+from medssl.methods.base import DatasetMethod
 from medssl.models import save_model
 from medssl.tracking.base import NullTracker, Tracker
 
@@ -47,6 +50,8 @@ HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train.json"
 PRETRAIN_SUMMARY_FILE = "pretrain.json"  # the pretrain stage's summary (stages.pretrain)
 CHECKPOINT_DIR = "checkpoints"
+TRAIN_PRODUCTS = ("classifier", "detector")  # what `medssl train` makes
+F1_MONITOR = "val_f1_weighted"  # the classifiers' (paper 000 §3.2)
 HISTORY_COLUMNS = [
     "epoch",
     "step",
@@ -72,11 +77,13 @@ class TrainResult:
     device: str
     images_per_s: float
     seconds: float
-    best_val_f1_weighted: float | None
+    best_val_f1_weighted: float | None  # a classifier's best val weighted F1
     train_images: int
     label_fraction: float
     cv_folds: int = 0  # > 0: a cross-validation round; its test rows are fold cv_fold
     cv_fold: int = 0
+    monitor: str | None = F1_MONITOR  # the val metric that picked the best epoch
+    best_val_score: float | None = None  # its best value (a detector's val_map)
     resumed_from_step: int | None = None
     model_sha256: str | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # the method's section
@@ -90,13 +97,13 @@ class TrainResult:
         return out
 
     def describe(self) -> str:
-        f1 = "n/a" if self.best_val_f1_weighted is None else f"{self.best_val_f1_weighted:.3f}"
+        score = "n/a" if self.best_val_score is None else f"{self.best_val_score:.3f}"
         stop = "early stop" if self.stopped_early else "budget reached"
         return (
             f"trained {self.method} ({self.backbone}, init {self.init}) on {self.train_images} "
             f"images (label fraction {self.label_fraction:g}) on {self.device}: "
             f"{self.steps} steps, {self.epochs} epochs ({stop}), {self.images_per_s:.0f} img/s, "
-            f"{self.seconds:.0f} s; best epoch {self.best_epoch}, val weighted F1 {f1}\n"
+            f"{self.seconds:.0f} s; best epoch {self.best_epoch}, {self.monitor} {score}\n"
             f"wrote {self.out_dir}/: {', '.join(p.name for p in self.paths.values())}"
         )
 
@@ -121,11 +128,11 @@ def train(
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     run = fit_in_staging(
-        "train", "classifier", dataset_dir, out_dir, cfg, hparams,
+        "train", TRAIN_PRODUCTS, dataset_dir, out_dir, cfg, hparams,
         resume=resume, progress=progress, tracker=tracker, callbacks=callbacks,
     )  # fmt: skip
     with run as (method, trainer, fit, tmp):
-        assert isinstance(method, MultilabelMethod) and trainer.model is not None
+        assert isinstance(method, DatasetMethod) and trainer.model is not None
         predictions = method.predictions(trainer.model, trainer.ctx)
         write_table(predictions, tmp / PREDICTIONS_FILE)
         model, meta = method.export(trainer.model)
@@ -144,7 +151,9 @@ def train(
             device=fit.device,
             images_per_s=round(fit.images_per_s, 1),
             seconds=round(fit.seconds, 2),
-            best_val_f1_weighted=fit.best_score,
+            best_val_f1_weighted=fit.best_score if method.monitor == F1_MONITOR else None,
+            monitor=method.monitor,
+            best_val_score=fit.best_score,
             train_images=len(method.train_rows),
             label_fraction=cfg.label_fraction,
             cv_folds=cfg.cv_folds,
@@ -164,7 +173,7 @@ def train(
         "checkpoint": out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE,
     }
     summary_metrics = {
-        "best_val_f1_weighted": fit.best_score,
+        f"best_{method.monitor}": fit.best_score,
         "best_epoch": fit.best_epoch,
         "train_images_per_s": fit.images_per_s,
         "train_seconds": fit.seconds,
@@ -179,7 +188,7 @@ def train(
 @contextlib.contextmanager
 def fit_in_staging(
     stage: str,
-    product: str,
+    product: str | tuple[str, ...],
     dataset_dir: Path,
     out_dir: Path,
     cfg: LoopConfig,
