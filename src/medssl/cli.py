@@ -113,7 +113,9 @@ def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
     kind: Annotated[
         str | None,
-        typer.Option(help="abdominal-us | cardiac-mr | breast-us (default: data.kind)."),
+        typer.Option(
+            help="abdominal-us | cardiac-mr | breast-us | chest-xray (default: data.kind)."
+        ),
     ] = None,
     size: Annotated[
         str | None,
@@ -121,7 +123,9 @@ def data_synth(
             help="abdominal-us: tiny (~300 img, 32 px) | small (~5k, 64 px) | paper (89,830, "
             "128 px); cardiac-mr: tiny (~300, 32 px) | small (~4k, 13 classes, 64 px) | small-3 "
             "(~3k, LA 2/3/4ch, 64 px) | paper (23,943, 128 px) | paper-3 (47,637, 128 px); "
-            "breast-us: tiny (~110, 32 px) | small (~1.7k, 64 px) | paper (5,911, 128 px)."
+            "breast-us: tiny (~110, 32 px) | small (~1.7k, 64 px) | paper (5,911, 128 px); "
+            "chest-xray: tiny (40 with findings + 80 without, 64 px) | small (1,200 + 2,400, "
+            "128 px) | paper (4,394 + 8,788, 512 px)."
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: data.seed).")] = None,
@@ -131,7 +135,7 @@ def data_synth(
     set_: SetOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
-    """Write a synthetic archive in the data contract (images, manifest, reports)."""
+    """Write a synthetic archive in the data contract (images, manifest, reports or boxes)."""
     cfg = _params(
         params,
         set_,
@@ -665,6 +669,41 @@ def study_cv(
     cfg = _params(params, set_)
     updates = _study_updates(cfg, PRESET, seeds, max_concurrent, cpu, gpu)
     result = cv_study(dataset, out, cfg, updates=updates, resume=resume, track=track)
+    typer.echo(result.describe())
+
+
+@study_app.command("pretrain-split")
+def study_pretrain_split(
+    dataset: Annotated[
+        Path,
+        typer.Argument(help="A detection dataset (e.g. data synth --kind chest-xray)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")] = Path(
+        "reports/studies/pretrain-split"
+    ),
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per cell.")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", help="Cells at once (0: as CPUs allow).")
+    ] = None,
+    cpu: Annotated[float | None, typer.Option("--cpu", help="CPUs per cell.")] = None,
+    gpu: Annotated[float | None, typer.Option("--gpu", help="GPUs per cell.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed study: finished cells are kept.")
+    ] = False,
+    track: TrackOption = True,
+    set_: SetOption = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Paper 003 Table I-II and Fig. 4: the detector from random init on every label (preset
+    `pretrain-split-baseline`), then for each p SimCLR on p % of train (labels unread) and the
+    detector fine-tuned from it on the other 1 − p (preset `pretrain-split`), as `medssl tune`
+    sweeps; writes study.md (Table I-II beside the paper, each row's mAP difference to the
+    baseline with a paired image-bootstrap CI) and fig4.png to OUT."""
+    from medssl.stages.split_study import PRESET, pretrain_split_study
+
+    cfg = _params(params, set_)
+    updates = _study_updates(cfg, PRESET, seeds, max_concurrent, cpu, gpu)
+    result = pretrain_split_study(dataset, out, cfg, updates=updates, resume=resume, track=track)
     typer.echo(result.describe())
 
 

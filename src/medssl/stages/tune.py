@@ -58,7 +58,7 @@ from medssl.tuning import (
 # what a trial reports: every epoch (the scheduler compares these) and at its end
 EPOCH_METRICS = {
     "pretrain": ("train_loss", "val_nmi", "val_purity", "size_entropy"),
-    "train": ("train_loss", "val_loss", "val_f1_weighted"),
+    "train": ("train_loss", "val_loss", "val_f1_weighted", "val_map"),
 }
 _ALGORITHM1 = (
     "test_f1_weighted",
@@ -68,12 +68,17 @@ _ALGORITHM1 = (
 )
 # what a binary model's evaluation adds (paper 004's columns): only its trials report them
 BINARY_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "test_mcr")
+# what a detector's evaluation reports (paper 003 Table I-II)
+DETECTION_METRICS = (
+    "best_val_map", "test_map", "test_map50", "test_map_small", "test_ar100", "test_ar_small",
+    "test_model_iou",
+)  # fmt: skip
 FINAL_METRICS = {
     "pretrain": (
         "val_nmi", "val_purity", "test_nmi", "test_purity", "size_entropy",
         "largest_cluster_share", *_ALGORITHM1,
     ),
-    "train": ("best_val_f1_weighted", *_ALGORITHM1, *BINARY_METRICS),
+    "train": ("best_val_f1_weighted", *_ALGORITHM1, *BINARY_METRICS, *DETECTION_METRICS),
 }  # fmt: skip
 SCHEDULER_METRIC = {"pretrain": "val_nmi", "train": "val_f1_weighted"}
 DONE = "trial_done"  # 1 in a trial's final report
@@ -248,11 +253,13 @@ def run_chain(
             tracker=tracker, hparams=params.method_params(params.train.method),
             callbacks=[reporter],
         )  # fmt: skip
-    best = json.loads(summary_file.read_text()).get("best_val_f1_weighted")
+    summary = json.loads(summary_file.read_text())
     scored = evaluate(folder, tdir / "eval", params.evaluate, tracker=tracker)
     out.update(flat_metrics(scored.metrics))
+    monitor = summary.get("monitor") or "val_f1_weighted"
+    best = summary.get("best_val_score", summary.get("best_val_f1_weighted"))
     if best is not None:
-        out["best_val_f1_weighted"] = float(best)
+        out[f"best_{monitor}"] = float(best)
     return {**reporter.last, **out}
 
 
