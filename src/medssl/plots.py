@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _pyplot():
@@ -241,4 +245,57 @@ def plot_cv(cells, variants: list[str], names: dict[str, str], path: Path) -> No
     fig.suptitle("paper 004: per-fold test metrics (lines join a fold × seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_class_map(per: pd.DataFrame, path: Path, overall: float | None) -> None:
+    """Paper 003 Fig. 4 for one model: test mAP@[.5:.95] per class, classes by box count."""
+    plt = _pyplot()
+    rows = per[per["boxes"] > 0].sort_values("boxes", ascending=False)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(rows)), rows["map"].fillna(0), color="#4c72b0")
+    ax.set_xticks(
+        range(len(rows)),
+        [f"{c}\n(n={n})" for c, n in zip(rows["class"], rows["boxes"], strict=True)],
+        rotation=60,
+        fontsize=7,
+        ha="right",
+    )
+    if overall is not None:
+        ax.axhline(overall, color="#c44e52", ls="--", lw=1, label=f"mAP {overall:.3f}")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("test mAP@[.5:.95]")
+    ax.set_title("mAP per class (cf. paper 003 Fig. 4)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_class_map_by_labels(cells: pd.DataFrame, path: Path) -> None:
+    """Paper 003 Fig. 4: test mAP per class (seeds averaged) against the share of labels used:
+    the baseline at 100 %, then each pre-trained row at its fine-tuning share."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    classes = sorted({c for d in cells["per_class"] for c in d})
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(1, len(classes))))
+    base = cells[(cells["arm"] == "baseline") & (cells["p"] == 0)]
+    ssl = cells[cells["arm"] == "ssl"]
+    for color, c in zip(colors, classes, strict=True):
+        points = []
+        for part, p in [(base, 0)] + [(ssl[ssl["p"] == q], q) for q in sorted(ssl["p"].unique())]:
+            values = [d.get(c) for d in part["per_class"] if d.get(c) is not None]
+            if values:
+                points.append((100 - p, float(np.mean(values))))
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, "o-", color=color, lw=1.2, ms=3, label=c)
+    ax.set_xlabel("labeled share of the training set (%) — 100: baseline")
+    ax.set_ylabel("test mAP@[.5:.95]")
+    ax.set_title("mAP per class against the labels used (cf. paper 003 Fig. 4)", fontsize=10)
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)

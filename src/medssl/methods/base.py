@@ -49,11 +49,8 @@ def labeled_train_rows(manifest: pd.DataFrame, labeled: np.ndarray, fraction: fl
 
 def multilabel_targets(dataset: Dataset) -> tuple[list[str], np.ndarray]:
     """The dataset's classes and its [N, C] float32 targets (NaN on unlabeled rows); a binary
-    dataset is its one positive class, read from `target`; a detection dataset's targets are the
-    classes of each image's fused boxes (NaN on an image without boxes)."""
+    dataset is its one positive class, read from `target`."""
     classes = list(dataset.info.classes)
-    if dataset.info.task == "detection":
-        return classes, box_presence(detection_boxes(dataset), len(classes))
     cols = dataset.info.class_columns()
     targets = dataset.manifest[cols].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
     return classes, targets
@@ -106,7 +103,14 @@ class DatasetMethod(Method):
         if len(cache) != len(dataset.manifest):
             raise ValueError("image cache and manifest disagree on the number of rows")
         self.cfg, self.dataset, self.cache = cfg, dataset, cache
-        self.classes, self.targets = multilabel_targets(dataset)
+        # a detection dataset's labels are its readers' boxes, fused once here; its targets are
+        # the classes of each image's boxes (NaN on an image without boxes)
+        self.boxes = detection_boxes(dataset) if info.task == "detection" else None
+        if self.boxes is not None:
+            self.classes = list(info.classes)
+            self.targets = box_presence(self.boxes, len(self.classes))
+        else:
+            self.classes, self.targets = multilabel_targets(dataset)
         self.exam_ids = dataset.manifest["exam_id"].to_numpy(dtype=object)
         self.val_rows = labeled_split_rows(dataset, self.targets, "val")
         self.test_rows = labeled_split_rows(dataset, self.targets, "test")

@@ -33,7 +33,7 @@ from medssl.engine.context import Context
 from medssl.engine.method import StepOutput
 from medssl.errors import ConfigError, DataContractError
 from medssl.method_params import FasterRcnnParams
-from medssl.methods.base import DatasetMethod, detection_boxes, labeled_train_rows
+from medssl.methods.base import DatasetMethod, labeled_train_rows
 from medssl.metrics.detection import coco_metrics
 from medssl.models.backbones import adapt_state_dict, find_imagenet_weights, read_state_dict
 from medssl.models.classifier import _read_model_file
@@ -96,7 +96,7 @@ class FasterRcnn(DatasetMethod):
         super().__init__(cfg, dataset, cache, hparams)
         if cfg.cv_folds:
             raise ConfigError("faster-rcnn keeps its best val epoch: train.cv_folds must be 0")
-        self.boxes = detection_boxes(dataset)
+        assert self.boxes is not None  # a detection dataset's (DatasetMethod)
         labeled = ~np.isnan(self.targets).any(axis=1)
         self.train_rows = labeled_train_rows(dataset.manifest, labeled, cfg.label_fraction)
         for split, rows in (("train", self.train_rows), ("val", self.val_rows)):

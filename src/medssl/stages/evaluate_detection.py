@@ -21,6 +21,7 @@ import pandas as pd
 from medssl.errors import DataContractError
 from medssl.fileio import staged_dir
 from medssl.metrics.detection import coco_metrics, model_iou, reader_agreement
+from medssl.plots import plot_class_map
 
 if TYPE_CHECKING:
     from medssl.tracking.base import Tracker
@@ -125,7 +126,7 @@ def evaluate_detection(
     with staged_dir(out_dir) as tmp:
         (tmp / files["metrics"]).write_text(json.dumps(metrics, indent=2) + "\n")
         per.to_csv(tmp / PER_CLASS_FILE, index=False)
-        plot_per_class(per, tmp / PER_CLASS_PLOT, metrics.get("test_map"))
+        plot_class_map(per, tmp / PER_CLASS_PLOT, metrics.get("test_map"))
         (tmp / files["table"]).write_text(format_detection_table(metrics) + "\n")
         (tmp / files["report"]).write_text(format_detection_markdown(metrics))
     if tracker is not None:
@@ -211,32 +212,6 @@ def format_detection_markdown(metrics: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(md)
-
-
-def plot_per_class(per: pd.DataFrame, path: Path, overall: float | None) -> None:
-    """Paper 003 Fig. 4 for one model: test mAP@[.5:.95] per class, classes by box count."""
-    from medssl.plots import _pyplot
-
-    plt = _pyplot()
-    rows = per[per["boxes"] > 0].sort_values("boxes", ascending=False)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(range(len(rows)), rows["map"].fillna(0), color="#4c72b0")
-    ax.set_xticks(
-        range(len(rows)),
-        [f"{c}\n(n={n})" for c, n in zip(rows["class"], rows["boxes"], strict=True)],
-        rotation=60,
-        fontsize=7,
-        ha="right",
-    )
-    if overall is not None:
-        ax.axhline(overall, color="#c44e52", ls="--", lw=1, label=f"mAP {overall:.3f}")
-        ax.legend(fontsize=8)
-    ax.set_ylabel("test mAP@[.5:.95]")
-    ax.set_title("mAP per class (cf. paper 003 Fig. 4)", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
 
 
 def _finite(x: float) -> float | None:

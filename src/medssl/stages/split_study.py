@@ -38,6 +38,7 @@ from medssl.config import Params, SplitConfig
 from medssl.data.contract import PREDICTIONS_FILE, Dataset
 from medssl.errors import ConfigError, DataContractError
 from medssl.fileio import atomic_write_text
+from medssl.plots import plot_class_map_by_labels
 from medssl.stages.study import SWEEP_DIR, sweep_and_report
 from medssl.stages.tune import RAY_DIR, RESULTS_FILE, TRIALS_DIR, can_restore, markdown_table
 from medssl.tuning import SEED_KEY
@@ -381,39 +382,8 @@ def write_report(out_dir: Path, resamples: int = BOOTSTRAP) -> SplitStudyResult:
         },
     }
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=_json) + "\n")
-    plot_per_class(cells, paths["plot"])
+    plot_class_map_by_labels(cells, paths["plot"])
     return SplitStudyResult(out_dir, cells, table, effects, paths=paths)
-
-
-def plot_per_class(cells: pd.DataFrame, path: Path) -> None:
-    """Paper 003 Fig. 4: test mAP per class (seeds averaged) against the share of labels used,
-    the pre-trained runs as lines, the random-init runs dashed when there are several."""
-    from medssl.plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    classes = sorted({c for d in cells["per_class"] for c in d})
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(1, len(classes))))
-    base = cells[(cells["arm"] == "baseline") & (cells["p"] == 0)]
-    ssl = cells[cells["arm"] == "ssl"]
-    for color, c in zip(colors, classes, strict=True):
-        points = []
-        for part, p in [(base, 0)] + [(ssl[ssl["p"] == q], q) for q in sorted(ssl["p"].unique())]:
-            values = [d.get(c) for d in part["per_class"] if d.get(c) is not None]
-            if values:
-                points.append((100 - p, float(np.mean(values))))
-        if points:
-            x, y = zip(*points, strict=True)
-            ax.plot(x, y, "o-", color=color, lw=1.2, ms=3, label=c)
-    ax.set_xlabel("labeled share of the training set (%) — 100: baseline")
-    ax.set_ylabel("test mAP@[.5:.95]")
-    ax.set_title("mAP per class against the labels used (cf. paper 003 Fig. 4)", fontsize=10)
-    ax.invert_xaxis()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
 
 
 def _json(value: Any) -> Any:
